@@ -1,0 +1,348 @@
+"""The ``domsnap`` command: xl-style snapshot commands, the worker, and a minimal
+local toolstack for the qemu driver.
+
+Errors print one line to stderr (``domsnap: error: ...``) and exit with the
+error's code (2 bad input, 3 not found, 4 conflict, 5 refused, 6 host down, ...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from domsnap.errors import DomsnapError, OperationFailed
+from domsnap.settings import Settings, get_settings, reset_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(exc: DomsnapError) -> None:
+    click.echo(f"domsnap: error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DomsnapError as exc:
+            _fail(exc)
+
+
+def _client() -> Any:
+    from domsnap.client import Client
+
+    return Client(get_settings())
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="domsnap")
+def main() -> None:
+    """domsnap: domain snapshots (memory + disks, or disks only) through a queue.
+
+    Snapshot commands follow the libxl Domain Snapshot HOWTO. Settings come from
+    DOMSNAP_* environment variables (DOMSNAP_REDIS_URL, DOMSNAP_STATE_DIR, ...).
+    """
+
+
+# ---------------------------------------------------------------- waiting
+
+
+def _wait_and_print(job_id: str, *, as_json: bool, timeout: float | None,
+                    render: Callable[[dict[str, Any]], str]) -> None:
+    client = _client()
+
+    def show(ev: Any) -> None:
+        if not as_json:
+            click.echo(f"  [{ev.step}] {ev.message}", err=True)
+
+    job = client.wait(job_id, timeout=timeout, on_event=show)
+    if as_json:
+        click.echo(_dumps(job.model_dump(mode="json")))
+    if job.state == "failed":
+        assert job.error is not None
+        err = OperationFailed(f"job {job_id} failed: {job.error.message}")
+        err.exit_code = 10
+        _fail(err)
+    if not as_json:
+        click.echo(render(job.result or {}))
+
+
+def _submitted(job_id: str, *, no_wait: bool, as_json: bool) -> bool:
+    if no_wait:
+        click.echo(_dumps({"job_id": job_id}) if as_json else job_id)
+        return True
+    if not as_json:
+        click.echo(f"job {job_id}", err=True)
+    return False
+
+
+_wait_opts: list[Callable[[F], F]] = [
+    click.option("--no-wait", is_flag=True, help="Print the job id and return at once."),
+    click.option("--timeout", type=float, default=None, help="Give up waiting after SECONDS."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+]
+
+
+def wait_options(fn: F) -> F:
+    for opt in reversed(_wait_opts):
+        fn = opt(fn)
+    return fn
+
+
+# ---------------------------------------------------------------- snapshot commands
+
+
+@main.command("snapshot-create")
+@click.option("-n", "--name", help="Snapshot name (default: the epoch second).")
+@click.option("--disk-only", is_flag=True, help="Disks only, no memory state.")
+@click.option("-d", "--description", help="Free text kept with the snapshot.")
+@click.option("--type", "snap_type", type=click.Choice(["internal", "external"]),
+              help="Disk snapshot type for every disk (default internal).")
+@wait_options
+@click.argument("domain")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+def snapshot_create(name: str | None, disk_only: bool, description: str | None,
+                    snap_type: str | None, no_wait: bool, timeout: float | None,
+                    as_json: bool, domain: str, config_file: str | None) -> None:
+    """Snapshot DOMAIN (memory + all disks unless --disk-only).
+
+    CONFIG_FILE is an xl.snapshot.cfg: name, description, memory ("yes", "no" or
+    an absolute path), type (internal/external) and disk=[...] to choose disks.
+    """
+    from domsnap.xlcfg import load_snapshot_config
+
+    config = load_snapshot_config(config_file) if config_file else None
+    job_id = _client().create(domain, name=name, description=description, disk_only=disk_only,
+                              type=snap_type, config=config)  # type: ignore[arg-type]
+    if _submitted(job_id, no_wait=no_wait, as_json=as_json):
+        return
+
+    def render(r: dict[str, Any]) -> str:
+        lines = [f"snapshot {r.get('name')} created"
+                 + (f", paused {r['pause_ms']:.1f} ms" if r.get("pause_ms") is not None else "")]
+        if r.get("memory_bytes") is not None:
+            lines.append(f"  memory: {r['memory_bytes']} bytes in {r['memory_save_ms']:.0f} ms")
+        for d in r.get("disks", []):
+            where = d.get("overlay") or d.get("file")
+            lines.append(f"  {d['vdev']}: {d['type']} {where} ({d.get('size_bytes')} bytes, "
+                         f"{d.get('duration_ms', 0):.1f} ms)")
+        return "\n".join(lines)
+
+    _wait_and_print(job_id, as_json=as_json, timeout=timeout, render=render)
+
+
+@main.command("snapshot-list")
+@click.option("-l", "--long", "long_", is_flag=True, help="Full information.")
+@click.option("-n", "--name", help="Only this snapshot.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("domain")
+def snapshot_list(long_: bool, name: str | None, as_json: bool, domain: str) -> None:
+    """List DOMAIN's snapshots (from Redis: no queue round trip)."""
+    client = _client()
+    recs = [client.snapshot(domain, name)] if name else client.snapshots(domain)
+    current = client.current(domain)
+    if as_json:
+        click.echo(_dumps({"current": current,
+                           "snapshots": [r.model_dump(mode="json") for r in recs]}))
+        return
+    click.echo(f"{'Name':<24} {'Creation Time':<20} {'State':<8} {'Disk-only':<9}")
+    for r in recs:
+        mark = "*" if r.name == current else " "
+        click.echo(f"{r.name:<23}{mark} {_when(r.created_at):<20} {r.domain_state:<8} "
+                   f"{'yes' if r.disk_only else 'no':<9}")
+        if long_:
+            click.echo(f"    description: {r.description or ''}")
+            click.echo(f"    memory file: {r.memory_file or '-'}")
+            click.echo(f"    parent:      {r.parent or '-'}")
+            if r.pause_ms is not None:
+                click.echo(f"    pause:       {r.pause_ms:.1f} ms")
+            for d in r.disks:
+                click.echo(f"    disk {d.vdev}: {d.type} {d.format} {d.file}"
+                           + (f" (overlay {d.overlay})" if d.overlay else ""))
+
+
+@main.command("snapshot-revert")
+@click.option("-n", "--name", required=True, help="The snapshot to revert to.")
+@click.option("--running", "start", flag_value="running", help="Leave the domain running.")
+@click.option("--paused", "start", flag_value="paused", help="Leave the domain paused.")
+@wait_options
+@click.argument("domain")
+def snapshot_revert(name: str, start: str | None, no_wait: bool, timeout: float | None,
+                    as_json: bool, domain: str) -> None:
+    """Bring DOMAIN back to the exact state of snapshot NAME (memory + disks).
+
+    A disk-only snapshot reverts the disks and leaves the domain shut off unless
+    --running or --paused.
+    """
+    job_id = _client().revert(domain, name, start)  # type: ignore[arg-type]
+    if _submitted(job_id, no_wait=no_wait, as_json=as_json):
+        return
+    _wait_and_print(job_id, as_json=as_json, timeout=timeout,
+                    render=lambda r: f"reverted to {r.get('name')}; domain {r.get('state')}")
+
+
+@main.command("snapshot-delete")
+@click.option("-n", "--name", required=True, help="The snapshot to delete.")
+@wait_options
+@click.argument("domain")
+def snapshot_delete(name: str, no_wait: bool, timeout: float | None, as_json: bool,
+                    domain: str) -> None:
+    """Delete snapshot NAME of DOMAIN: memory file, disk snapshots, records."""
+    job_id = _client().delete(domain, name)
+    if _submitted(job_id, no_wait=no_wait, as_json=as_json):
+        return
+    _wait_and_print(job_id, as_json=as_json, timeout=timeout,
+                    render=lambda r: f"snapshot {r.get('name')} deleted")
+
+
+@main.command("job")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job to end.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("job_id")
+def job(wait_: bool, as_json: bool, job_id: str) -> None:
+    """Show a job's state and result."""
+    client = _client()
+    rec = client.wait(job_id) if wait_ else client.job(job_id)
+    if as_json:
+        click.echo(_dumps(rec.model_dump(mode="json")))
+        return
+    click.echo(f"job {rec.job_id}: {rec.op} {rec.name} on {rec.domain_name or rec.domain} "
+               f"@{rec.host}: {rec.state}")
+    if rec.error:
+        click.echo(f"  error: {rec.error.message}")
+
+
+@main.command("hosts")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def hosts(as_json: bool) -> None:
+    """Hosts that ever published an inventory, with liveness."""
+    store = _client().store
+    rows = [{"host": h, "alive": store.host_alive(h),
+             "domains": len(inv.domains) if (inv := store.inventory(h)) else 0}
+            for h in store.hosts()]
+    if as_json:
+        click.echo(_dumps(rows))
+        return
+    for row in rows:
+        click.echo(f"{row['host']:<30} {'alive' if row['alive'] else 'DOWN':<6} "
+                   f"{row['domains']} domain(s)")
+
+
+# ---------------------------------------------------------------- worker
+
+
+@main.command("worker")
+@click.option("--host", help="Host name to serve (default: DOMSNAP_HOST or the hostname).")
+@click.option("--driver", type=click.Choice(["qemu", "xl"]), help="Hypervisor driver.")
+@click.option("-c", "--concurrency", type=int, help="Pool size for new requests.")
+@click.option("--inflight-concurrency", type=int, help="Pool size for operations in flight.")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(host: str | None, driver: str | None, concurrency: int | None,
+           inflight_concurrency: int | None, loglevel: str) -> None:
+    """Run this host's worker: consumes only this host's queues."""
+    from workers.runtime import run
+
+    for key, value in (("HOST", host), ("DRIVER", driver), ("CONCURRENCY", concurrency),
+                       ("INFLIGHT_CONCURRENCY", inflight_concurrency)):
+        if value is not None:
+            os.environ[f"DOMSNAP_{key}"] = str(value)
+    reset_settings()
+    sys.exit(run(get_settings(), loglevel=loglevel))
+
+
+# ---------------------------------------------------------------- local toolstack (qemu)
+
+
+def _qemu() -> Any:
+    from workers.host import build_host
+
+    host = build_host(get_settings())
+    if host.driver.name != "qemu":
+        raise DomsnapError("domain-* commands manage qemu-driver domains only")
+    return host
+
+
+def _publish(host: Any) -> None:
+    from workers.runtime import publish
+
+    try:
+        publish(host, alive=False)
+    except DomsnapError:
+        pass  # no Redis: the worker's heartbeat will publish
+
+
+@main.command("domain-create")
+@click.option("--paused", is_flag=True, help="Create it paused.")
+@click.argument("cfg", type=click.Path(dir_okay=False))
+def domain_create(paused: bool, cfg: str) -> None:
+    """Create and start a domain from an xl.cfg-style file (qemu driver)."""
+    from domsnap.xlcfg import load_domain_config
+
+    config = load_domain_config(cfg)
+    host = _qemu()
+    config = host.driver.define(config)
+    try:
+        host.driver.start(config.uuid, config, paused=paused)
+    except BaseException:
+        host.driver.undefine(config.uuid)
+        raise
+    _publish(host)
+    click.echo(f"{config.name} {config.uuid}")
+
+
+@main.command("domain-start")
+@click.option("--paused", is_flag=True)
+@click.argument("domain")
+def domain_start(paused: bool, domain: str) -> None:
+    """Start a registered, shut-off domain (qemu driver)."""
+    host = _qemu()
+    uuid = host.driver.find(domain)
+    host.driver.start(uuid, host.driver.domain_config(uuid), paused=paused)
+    _publish(host)
+
+
+@main.command("domain-list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def domain_list(as_json: bool) -> None:
+    """Domains of this host (qemu driver): name, uuid, state."""
+    host = _qemu()
+    doms = host.driver.list_domains()
+    if as_json:
+        click.echo(_dumps([d.model_dump(mode="json") for d in doms]))
+        return
+    click.echo(f"{'Name':<24} {'UUID':<36} State")
+    for d in doms:
+        click.echo(f"{d.name:<24} {d.uuid:<36} {d.state}")
+
+
+@main.command("domain-destroy")
+@click.option("--undefine", is_flag=True, help="Also forget the domain (its snapshots stay).")
+@click.argument("domain")
+def domain_destroy(undefine: bool, domain: str) -> None:
+    """Stop a domain at once (qemu driver); it stays known, shut off."""
+    host = _qemu()
+    uuid = host.driver.find(domain)
+    if undefine:
+        host.driver.undefine(uuid)
+    else:
+        host.driver.destroy(uuid)
+    _publish(host)
+
+
+def settings_for_tests() -> Settings:  # pragma: no cover - convenience for REPL use
+    return get_settings()

@@ -1,0 +1,199 @@
+"""The Python client for control planes and the CLI: submit, wait, list.
+
+The submitting side never runs hypervisor work: it resolves the owning host
+from the inventory in Redis, validates the request, claims the snapshot name,
+records the job and enqueues one JSON message on that host's queue.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from domsnap.errors import (
+    BackendError,
+    DomainLocked,
+    InvalidInput,
+    OperationTimeout,
+)
+from domsnap.settings import Settings, get_settings
+from domsnap.store import Store
+from schemas.config import SnapshotConfig
+from schemas.models import (
+    CreateRequest,
+    DeleteRequest,
+    DiskChoice,
+    DomainInfo,
+    JobEvent,
+    JobRecord,
+    RevertRequest,
+    SnapshotRecord,
+)
+
+EventHandler = Callable[[JobEvent], None]
+
+
+def _validated(model: type[Any], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "request"
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+
+
+class Client:
+    """Submit snapshot operations and read their results and records."""
+
+    def __init__(self, settings: Settings | None = None, store: Store | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.store = store or Store.from_url(self.settings.redis_url,
+                                             prefix=self.settings.key_prefix,
+                                             job_ttl_s=self.settings.job_ttl_s)
+
+    # ------------------------------------------------------------ reading
+
+    def resolve(self, domain: str) -> tuple[str, DomainInfo]:
+        """(owning host, domain info) for a domain name or uuid."""
+        return self.store.resolve_domain(domain)
+
+    def snapshots(self, domain: str) -> list[SnapshotRecord]:
+        _, info = self._find(domain)
+        return self.store.list_snapshots(info.uuid)
+
+    def snapshot(self, domain: str, name: str) -> SnapshotRecord:
+        _, info = self._find(domain)
+        return self.store.get_snapshot(info.uuid, name)
+
+    def current(self, domain: str) -> str | None:
+        _, info = self._find(domain)
+        return self.store.current(info.uuid)
+
+    def job(self, job_id: str) -> JobRecord:
+        return self.store.get_job(job_id)
+
+    def _find(self, domain: str) -> tuple[str, DomainInfo]:
+        """Like resolve, but a host that is down does not hide its records."""
+        from domsnap.errors import HostUnavailable
+
+        try:
+            return self.store.resolve_domain(domain)
+        except HostUnavailable as exc:
+            inv = self.store.inventory(str(exc.details["host"]))
+            assert inv is not None
+            info = next(d for d in inv.domains if d.uuid == exc.details["domain"])
+            return inv.host, info
+
+    # ------------------------------------------------------------ submitting
+
+    def create(
+        self,
+        domain: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        disk_only: bool = False,
+        memory_file: str | None = None,
+        type: Literal["internal", "external"] | None = None,
+        disks: list[DiskChoice] | None = None,
+        config: SnapshotConfig | None = None,
+    ) -> str:
+        """Enqueue a snapshot create; returns the job id. The name defaults to the epoch
+        second, fixed here so a redelivered message cannot make a second snapshot."""
+        if config is not None:
+            if config.memory is False:
+                disk_only = True
+            elif isinstance(config.memory, str):
+                if disk_only:
+                    raise InvalidInput("memory: a memory file was given for a disk-only "
+                                       "snapshot", field="memory")
+                memory_file = memory_file or config.memory
+            name = name or config.name
+            description = description if description is not None else config.description
+            type = type or config.type
+            if disks is None and config.disks is not None:
+                disks = [DiskChoice(**d.model_dump()) for d in config.disks]
+        host, info = self.resolve(domain)
+        now = time.time()
+        req: CreateRequest = _validated(CreateRequest, {
+            "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
+            "host": host, "name": name or str(int(now)), "submitted_at": now,
+            "description": description, "disk_only": disk_only, "memory_file": memory_file,
+            "type": type or "internal",
+            "disks": [d.model_dump() for d in disks] if disks is not None else None})
+        self._check_unlocked(info)
+        self.store.reserve_name(info.uuid, req.name, req.job_id)
+        try:
+            return self._enqueue(req)
+        except BaseException:
+            self.store.release_name(info.uuid, req.name, req.job_id)
+            raise
+
+    def revert(self, domain: str, name: str,
+               start: Literal["running", "paused"] | None = None) -> str:
+        host, info = self.resolve(domain)
+        req: RevertRequest = _validated(RevertRequest, {
+            "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
+            "host": host, "name": name, "submitted_at": time.time(), "start": start})
+        self.store.get_snapshot(info.uuid, req.name)
+        self._check_unlocked(info)
+        return self._enqueue(req)
+
+    def delete(self, domain: str, name: str) -> str:
+        host, info = self.resolve(domain)
+        req: DeleteRequest = _validated(DeleteRequest, {
+            "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
+            "host": host, "name": name, "submitted_at": time.time()})
+        self.store.get_snapshot(info.uuid, req.name)
+        self._check_unlocked(info)
+        return self._enqueue(req)
+
+    def _check_unlocked(self, info: DomainInfo) -> None:
+        owner = self.store.lock_owner(info.uuid)
+        if owner:
+            raise DomainLocked(f"domain {info.name} is busy: job {owner} is running a snapshot "
+                               "operation on it", domain=info.uuid, job_id=owner)
+
+    def _enqueue(self, req: CreateRequest | RevertRequest | DeleteRequest) -> str:
+        from workers.app import app
+        from workers.routing import ENTRY_TASKS, host_queue
+
+        self.store.create_job(JobRecord(job_id=req.job_id, op=req.op, domain=req.domain,
+                                        domain_name=req.domain_name, host=req.host,
+                                        name=req.name, submitted_at=req.submitted_at))
+        try:
+            app.send_task(ENTRY_TASKS[req.op], args=[req.model_dump(mode="json")],
+                          queue=host_queue(req.host), task_id=req.job_id)
+        except Exception as exc:  # the broker boundary: kombu/redis/amqp errors
+            self.store.update_job(req.job_id, state="failed", error={
+                "code": "backend", "message": f"could not enqueue: {exc}", "details": {}})
+            raise BackendError(f"could not enqueue the request: {exc}") from exc
+        return req.job_id
+
+    # ------------------------------------------------------------ waiting
+
+    def wait(self, job_id: str, *, timeout: float | None = None,
+             on_event: EventHandler | None = None, interval: float = 0.1) -> JobRecord:
+        """Block until the job ends; ``on_event`` sees each progress event once."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        while True:
+            if on_event is not None:
+                events = self.store.events(job_id, seen)
+                for ev in events:
+                    on_event(ev)
+                seen += len(events)
+            job = self.store.get_job(job_id)
+            if job.state in ("succeeded", "failed"):
+                if on_event is not None:
+                    for ev in self.store.events(job_id, seen):
+                        on_event(ev)
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise OperationTimeout(f"job {job_id} still {job.state} after {timeout} s",
+                                       job_id=job_id)
+            time.sleep(interval)

@@ -1,0 +1,67 @@
+"""Every Redis key name of domsnap, built here and nowhere else.
+
+All keys of one domain share the hash tag ``{<domain uuid>}`` (and of one job
+``{<job id>}``, of one host ``{<host>}``) so that multi-key transactions stay in
+one slot on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, prefix: str = "domsnap") -> None:
+        self.prefix = prefix
+
+    # one domain
+    def _dom(self, uuid: str) -> str:
+        return f"{self.prefix}:dom:{{{uuid}}}"
+
+    def snapshots(self, uuid: str) -> str:
+        """hash: snapshot name -> SnapshotRecord JSON (only ready snapshots)."""
+        return self._dom(uuid) + ":snapshots"
+
+    def meta(self, uuid: str) -> str:
+        """hash: current -> name of the domain's current snapshot."""
+        return self._dom(uuid) + ":meta"
+
+    def reserved(self, uuid: str) -> str:
+        """hash: snapshot name -> job id of the create that claimed it."""
+        return self._dom(uuid) + ":reserved"
+
+    def lock(self, uuid: str) -> str:
+        """string: job id of the mutating operation running on the domain."""
+        return self._dom(uuid) + ":lock"
+
+    # one job
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{{{job_id}}}"
+
+    def job_events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{{{job_id}}}:events"
+
+    # one host
+    def inventory(self, host: str) -> str:
+        return f"{self.prefix}:host:{{{host}}}:inventory"
+
+    def alive(self, host: str) -> str:
+        return f"{self.prefix}:host:{{{host}}}:alive"
+
+    # fleet-wide single keys
+    @property
+    def hosts(self) -> str:
+        return f"{self.prefix}:hosts"
+
+    @property
+    def index_uuid(self) -> str:
+        """hash: domain uuid -> owning host."""
+        return f"{self.prefix}:index:uuid"
+
+    @property
+    def index_name(self) -> str:
+        """hash: domain name -> domain uuid."""
+        return f"{self.prefix}:index:name"
+
+    @property
+    def seq(self) -> str:
+        """counter giving every job event a fleet-wide order."""
+        return f"{self.prefix}:seq"

@@ -1,0 +1,322 @@
+"""The Redis store: snapshot records, job results and events, inventory, locks.
+
+This module is the one boundary where redis-py errors become
+:class:`~domsnap.errors.StoreUnavailable`. State changes that must be atomic
+use Lua scripts or MULTI/EXEC on keys of one hash tag.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+from pydantic import ValidationError
+
+from domsnap.errors import (
+    DomainLocked,
+    HostUnavailable,
+    SchemaMismatch,
+    SnapshotExists,
+    StoreUnavailable,
+    UnknownDomain,
+    UnknownJob,
+    UnknownSnapshot,
+)
+from domsnap.keys import Keys
+from schemas.models import (
+    DomainInfo,
+    HostInventory,
+    JobEvent,
+    JobRecord,
+    SnapshotRecord,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# KEYS: snapshots, reserved. ARGV: name, job_id
+_RESERVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'exists' end
+local owner = redis.call('HGET', KEYS[2], ARGV[1])
+if owner and owner ~= ARGV[2] then return 'reserved:' .. owner end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 'ok'
+"""
+# KEYS: lock. ARGV: job_id, ttl
+_ACQUIRE = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return 'ok'
+"""
+# KEYS: key. ARGV: expected value
+_DEL_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: hash. ARGV: field, expected value
+_HDEL_IF = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
+def _translated(fn: Callable[P, T]) -> Callable[P, T]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    return wrapper
+
+
+def _load(model: type[T], raw: str | bytes, what: str) -> T:
+    try:
+        return model.model_validate_json(raw)  # type: ignore[attr-defined, no-any-return]
+    except ValidationError as exc:
+        if "schema_version" in str(exc):
+            raise SchemaMismatch(f"{what}: {exc.errors()[0]['msg']}") from exc
+        raise
+
+
+class Store:
+    """Typed access to domsnap's Redis data."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "domsnap", job_ttl_s: int = 604800):
+        self.r = client
+        self.keys = Keys(prefix)
+        self.job_ttl_s = job_ttl_s
+        self._reserve = client.register_script(_RESERVE)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._del_if = client.register_script(_DEL_IF)
+        self._hdel_if = client.register_script(_HDEL_IF)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "domsnap", job_ttl_s: int = 604800) -> Store:
+        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
+                                      socket_connect_timeout=5, health_check_interval=30)
+        return cls(client, prefix=prefix, job_ttl_s=job_ttl_s)
+
+    # ------------------------------------------------------------ snapshots
+
+    @_translated
+    def reserve_name(self, uuid: str, name: str, job_id: str) -> None:
+        """Claim a snapshot name for a create; a redelivered create (same job) passes."""
+        res = str(self._reserve(keys=[self.keys.snapshots(uuid), self.keys.reserved(uuid)],
+                                args=[name, job_id]))
+        if res == "exists":
+            raise SnapshotExists(f"snapshot {name!r} already exists", name=name, domain=uuid)
+        if res.startswith("reserved:"):
+            raise SnapshotExists(
+                f"snapshot {name!r} is already being created by job {res[9:]}",
+                name=name, domain=uuid, job_id=res[9:],
+            )
+
+    @_translated
+    def release_name(self, uuid: str, name: str, job_id: str) -> None:
+        self._hdel_if(keys=[self.keys.reserved(uuid)], args=[name, job_id])
+
+    @_translated
+    def commit_snapshot(self, record: SnapshotRecord, *, job_id: str | None = None) -> None:
+        """Make a snapshot visible and current, and drop its reservation, atomically."""
+        uuid = record.domain
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.snapshots(uuid), record.name, record.model_dump_json())
+            pipe.hset(self.keys.meta(uuid), "current", record.name)
+            if job_id:
+                pipe.hdel(self.keys.reserved(uuid), record.name)
+            pipe.execute()
+
+    @_translated
+    def put_snapshots(self, uuid: str, records: list[SnapshotRecord],
+                      *, current: str | None | bool = False) -> None:
+        """Write several records (and optionally the current pointer) in one transaction."""
+        with self.r.pipeline(transaction=True) as pipe:
+            for rec in records:
+                pipe.hset(self.keys.snapshots(uuid), rec.name, rec.model_dump_json())
+            if current is None:
+                pipe.hdel(self.keys.meta(uuid), "current")
+            elif isinstance(current, str):
+                pipe.hset(self.keys.meta(uuid), "current", current)
+            pipe.execute()
+
+    @_translated
+    def remove_snapshot(self, uuid: str, name: str, *, updated: list[SnapshotRecord],
+                        current: str | None) -> None:
+        """Remove a record, rewrite the records it changed (parents), set current: atomically."""
+        with self.r.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.snapshots(uuid), name)
+            for rec in updated:
+                pipe.hset(self.keys.snapshots(uuid), rec.name, rec.model_dump_json())
+            if current is None:
+                pipe.hdel(self.keys.meta(uuid), "current")
+            else:
+                pipe.hset(self.keys.meta(uuid), "current", current)
+            pipe.execute()
+
+    @_translated
+    def get_snapshot(self, uuid: str, name: str) -> SnapshotRecord:
+        raw = self.r.hget(self.keys.snapshots(uuid), name)
+        if raw is None:
+            raise UnknownSnapshot(f"no snapshot {name!r} on domain {uuid}", name=name, domain=uuid)
+        return _load(SnapshotRecord, raw, f"snapshot {name}")
+
+    @_translated
+    def list_snapshots(self, uuid: str) -> list[SnapshotRecord]:
+        raw = self.r.hgetall(self.keys.snapshots(uuid))
+        recs = [_load(SnapshotRecord, v, f"snapshot {k}") for k, v in raw.items()]
+        return sorted(recs, key=lambda r: (r.created_at, r.name))
+
+    @_translated
+    def current(self, uuid: str) -> str | None:
+        value = self.r.hget(self.keys.meta(uuid), "current")
+        return str(value) if value is not None else None
+
+    # ------------------------------------------------------------ locks
+
+    @_translated
+    def acquire_lock(self, uuid: str, job_id: str, ttl_s: int) -> None:
+        """Take the domain's mutation lock; the same job may take it again (redelivery)."""
+        res = str(self._acquire(keys=[self.keys.lock(uuid)], args=[job_id, ttl_s]))
+        if res != "ok":
+            raise DomainLocked(
+                f"domain {uuid} is busy: job {res} is running a snapshot operation on it",
+                domain=uuid, job_id=res,
+            )
+
+    @_translated
+    def release_lock(self, uuid: str, job_id: str) -> bool:
+        return bool(self._del_if(keys=[self.keys.lock(uuid)], args=[job_id]))
+
+    @_translated
+    def lock_owner(self, uuid: str) -> str | None:
+        value = self.r.get(self.keys.lock(uuid))
+        return str(value) if value is not None else None
+
+    # ------------------------------------------------------------ jobs
+
+    @_translated
+    def create_job(self, job: JobRecord) -> bool:
+        """Store a new job; False if that job id exists already (idempotent submit)."""
+        return bool(self.r.set(self.keys.job(job.job_id), job.model_dump_json(),
+                               nx=True, ex=self.job_ttl_s))
+
+    @_translated
+    def get_job(self, job_id: str) -> JobRecord:
+        raw = self.r.get(self.keys.job(job_id))
+        if raw is None:
+            raise UnknownJob(f"no job {job_id} (unknown, or its result expired)", job_id=job_id)
+        return _load(JobRecord, raw, f"job {job_id}")
+
+    @_translated
+    def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+        key = self.keys.job(job_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise UnknownJob(f"no job {job_id}", job_id=job_id)
+                    job = _load(JobRecord, raw, f"job {job_id}")
+                    job = job.model_validate({**job.model_dump(), **changes})
+                    pipe.multi()
+                    pipe.set(key, job.model_dump_json(), ex=self.job_ttl_s)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    @_translated
+    def add_event(self, job_id: str, step: str, message: str,
+                  data: dict[str, Any] | None = None) -> JobEvent:
+        seq = int(self.r.incr(self.keys.seq))
+        event = JobEvent(job_id=job_id, seq=seq, ts=time.time(), step=step, message=message,
+                         data=data or {})
+        key = self.keys.job_events(job_id)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, event.model_dump_json())
+            pipe.expire(key, self.job_ttl_s)
+            pipe.execute()
+        return event
+
+    @_translated
+    def events(self, job_id: str, start: int = 0) -> list[JobEvent]:
+        raw = self.r.lrange(self.keys.job_events(job_id), start, -1)
+        return [JobEvent.model_validate_json(x) for x in raw]
+
+    # ------------------------------------------------------------ inventory
+
+    @_translated
+    def publish_inventory(self, inv: HostInventory, ttl_s: float, *, alive: bool = True) -> None:
+        """Publish a host's domains; ``alive`` renews the host's heartbeat (workers only)."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.inventory(inv.host), inv.model_dump_json())
+            if alive:
+                pipe.set(self.keys.alive(inv.host), str(inv.published_at),
+                         px=int(ttl_s * 1000))
+            pipe.sadd(self.keys.hosts, inv.host)
+            for dom in inv.domains:
+                pipe.hset(self.keys.index_uuid, dom.uuid, inv.host)
+                pipe.hset(self.keys.index_name, dom.name, dom.uuid)
+            pipe.execute()
+
+    @_translated
+    def withdraw_host(self, host: str) -> None:
+        """A worker shutting down cleanly: its host is no longer alive."""
+        self.r.delete(self.keys.alive(host))
+
+    @_translated
+    def host_alive(self, host: str) -> bool:
+        return bool(self.r.exists(self.keys.alive(host)))
+
+    @_translated
+    def inventory(self, host: str) -> HostInventory | None:
+        raw = self.r.get(self.keys.inventory(host))
+        return _load(HostInventory, raw, f"inventory of {host}") if raw else None
+
+    @_translated
+    def hosts(self) -> list[str]:
+        return sorted(str(h) for h in self.r.smembers(self.keys.hosts))
+
+    @_translated
+    def resolve_domain(self, ref: str) -> tuple[str, DomainInfo]:
+        """Find a domain by uuid or name: its owning host and its last published info.
+
+        Raises UnknownDomain, or HostUnavailable when the owning host has no live worker.
+        """
+        uuid = ref.lower() if self.r.hexists(self.keys.index_uuid, ref.lower()) else None
+        if uuid is None:
+            found = self.r.hget(self.keys.index_name, ref)
+            uuid = str(found) if found else None
+        if uuid is None:
+            raise UnknownDomain(f"unknown domain {ref!r}: no live host reports it", domain=ref)
+        host = self.r.hget(self.keys.index_uuid, uuid)
+        inv = self.inventory(str(host)) if host else None
+        info = next((d for d in inv.domains if d.uuid == uuid), None) if inv else None
+        if host is None or inv is None or info is None:
+            raise UnknownDomain(f"unknown domain {ref!r}: no live host reports it", domain=ref)
+        if not self.host_alive(inv.host):
+            raise HostUnavailable(
+                f"domain {ref!r} lives on host {inv.host}, which has no live worker",
+                host=inv.host, domain=uuid,
+            )
+        return inv.host, info
+
+    @contextmanager
+    def pipeline(self) -> Iterator[Any]:
+        with self.r.pipeline(transaction=True) as pipe:
+            yield pipe
+
+    def ping(self) -> None:
+        try:
+            self.r.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc

@@ -1,0 +1,64 @@
+"""Admission of a new request on its host: validate, check, lock, journal, plan.
+
+Runs on the host's new-work queue. Everything that can refuse a request
+refuses here, before anything is touched; what it returns is the plan that the
+continuation (on the in-flight queue) carries out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from domsnap.errors import DomsnapError, InvalidInput, Refused
+from schemas.models import CreateRequest, DeleteRequest, RevertRequest
+from workers import jobs
+from workers.create import plan_create
+from workers.delete import plan_delete
+from workers.host import Host
+from workers.revert import plan_revert
+
+
+def parse(body: Any, model: type[jobs.AnyRequest]) -> jobs.AnyRequest:
+    """A request from its JSON body; the error names the field and the reason."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+
+
+def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:
+    """The plan for ``req``, or None when there is nothing (more) to do: the job ended
+    already (a redelivered message) or was refused (the job record says why)."""
+    job = jobs.ensure_job(host, req)
+    if job.state != "queued":
+        return None  # redelivery of a message whose job already went past admission
+    emit = jobs.progress_for(host, req.job_id)
+    try:
+        if req.host != host.name:
+            raise Refused(f"request for host {req.host} reached host {host.name}")
+        jobs.wait_for_gate(host, req, emit)
+        info = host.driver.domain_info(req.domain)
+        if isinstance(req, CreateRequest):
+            host.store.reserve_name(req.domain, req.name, req.job_id)
+            plan = plan_create(host, req, info)
+            pausing = plan["mode"] == "live"
+        elif isinstance(req, RevertRequest):
+            plan = plan_revert(host, req, info)
+            pausing = info.state in ("running", "paused") or plan["final"] != "shutoff"
+        else:
+            assert isinstance(req, DeleteRequest)
+            plan = plan_delete(host, req, info)
+            pausing = False
+        jobs.start(host, req, pausing=pausing, plan=plan)
+        emit("admitted", f"{req.op} {req.name!r} on {info.name} admitted")
+        return plan
+    except DomsnapError as exc:
+        jobs.fail(host, req, exc)
+        return None
+    except BaseException as exc:
+        jobs.fail(host, req, exc)
+        raise

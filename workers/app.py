@@ -1,0 +1,34 @@
+"""The Celery application: JSON only on the wire, late acks, one message at a time."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from domsnap.settings import Settings, get_settings
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    app = Celery("domsnap", broker=s.broker_url, backend=s.result_backend_url,
+                 include=["tasks.ops"])
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="domsnap.unrouted",
+        result_expires=s.job_ttl_s,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 4 * 3600},
+        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_track_started=False,
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,54 @@
+"""Pure helpers over QMP block-layer answers, shared by every QMP-speaking driver.
+
+A disk's block node is found by its image path in ``query-named-block-nodes``,
+never by guessing a name (Xen's PV nodes happen to be ``<vdev>-<format>``,
+domsnap's own QEMU names them the same way, but after an external snapshot the
+top node is whatever the snapshot created).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from domsnap.errors import QMPError
+from workers.drivers.base import DiskOp
+
+_PROTOCOL_DRIVERS = {"file", "host_device", "host_cdrom", "nbd", "iscsi", "rbd"}
+
+
+def format_node_for(nodes: Iterable[dict[str, Any]], path: str) -> str:
+    """The node name of the format node (qcow2/raw) whose image is ``path``."""
+    want = os.path.realpath(path)
+    for node in nodes:
+        if node.get("drv") in _PROTOCOL_DRIVERS:
+            continue
+        if os.path.realpath(str(node.get("file", ""))) == want and node.get("node-name"):
+            return str(node["node-name"])
+    raise QMPError(f"no block node has the image {path}", sent="query-named-block-nodes",
+                   received=[(n.get("node-name"), n.get("drv"), n.get("file")) for n in nodes])
+
+
+def snapshot_actions(nodes: list[dict[str, Any]], name: str,
+                     disks: list[DiskOp]) -> list[dict[str, Any]]:
+    """The ``transaction`` actions that snapshot ``disks`` atomically."""
+    actions: list[dict[str, Any]] = []
+    for op in disks:
+        node = format_node_for(nodes, op.path)
+        if op.type == "internal":
+            actions.append({"type": "blockdev-snapshot-internal-sync",
+                            "data": {"device": node, "name": name}})
+        else:
+            assert op.target is not None
+            actions.append({"type": "blockdev-snapshot-sync",
+                            "data": {"node-name": node, "snapshot-file": op.target,
+                                     "snapshot-node-name": overlay_node_name(op.vdev, name),
+                                     "format": "qcow2", "mode": "absolute-paths"}})
+    return actions
+
+
+def overlay_node_name(vdev: str, name: str) -> str:
+    """A QMP node name (letters, digits, - . _; at most 31 chars) for a new overlay."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return f"ds-{vdev}-{safe}"[:31]

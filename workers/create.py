@@ -1,0 +1,231 @@
+"""Snapshot create: plan (validate everything first), capture, commit, roll back.
+
+Live path (running or paused domain): one driver call takes memory and all
+disks with the guest paused as briefly as the hypervisor allows. Offline path
+(shut-off domain): one task per disk in parallel, then :func:`finish_offline`.
+Nothing becomes visible before every part exists; a failure removes every
+part already made.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from domsnap.errors import DomsnapError, InvalidInput, OperationFailed, Refused, SnapshotExists
+from schemas.config import DomainConfig
+from schemas.models import CreateRequest, DiskSnapshot, DomainInfo, SnapshotRecord
+from workers import jobs
+from workers.drivers.base import DiskOp
+from workers.host import Host
+from workers.paths import confined
+
+
+def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, Any]:
+    """Check that the domain can take this snapshot; return the plan. Touches nothing."""
+    if info.state == "dying":
+        raise Refused(f"domain {info.name} is dying", domain=info.uuid)
+    if host.files.sidecar_path(req.domain, req.name).exists():
+        raise SnapshotExists(f"snapshot {req.name!r} already exists on {info.name} (sidecar)",
+                             name=req.name)
+    config = host.driver.domain_config(req.domain)
+    active = info.state in ("running", "paused")
+    by_vdev = {d.vdev: d for d in config.disks}
+    roots = host.settings.allowed_roots
+    snapdir = host.settings.snapshots / req.domain
+    disks: list[DiskOp] = []
+    if req.disks is not None:
+        chosen = req.disks
+        for i, c in enumerate(chosen):
+            if c.vdev not in by_vdev:
+                raise InvalidInput(f"disks[{i}].vdev: domain {info.name} has no disk {c.vdev}",
+                                   field=f"disks[{i}].vdev")
+    else:
+        from schemas.models import DiskChoice
+
+        chosen = [DiskChoice(vdev=d.vdev) for d in config.disks if d.writable and d.target]
+    if not chosen:
+        raise InvalidInput(f"domain {info.name} has no writable disk to snapshot", field="disks")
+    seen: set[str] = set()
+    for i, c in enumerate(chosen):
+        spec = by_vdev[c.vdev]
+        if c.vdev in seen:
+            raise InvalidInput(f"disks[{i}].vdev: {c.vdev} listed twice", field=f"disks[{i}].vdev")
+        seen.add(c.vdev)
+        if not spec.writable or spec.target is None:
+            raise InvalidInput(f"disks[{i}].vdev: {c.vdev} is read-only or a cdrom",
+                               field=f"disks[{i}].vdev")
+        kind = c.type or req.type
+        if kind == "internal":
+            if spec.format != "qcow2":
+                raise InvalidInput(
+                    f"disks[{i}]: {c.vdev} is {spec.format}: only qcow2 images have internal "
+                    "snapshots (ask for an external one)", field=f"disks[{i}].type")
+            if c.target:
+                raise InvalidInput(f"disks[{i}].target: an internal snapshot has no target",
+                                   field=f"disks[{i}].target")
+            disks.append(DiskOp(vdev=c.vdev, path=spec.target, format=spec.format,
+                                type="internal"))
+        else:
+            if c.format not in (None, "qcow2"):
+                raise InvalidInput(f"disks[{i}].format: external overlays are qcow2",
+                                   field=f"disks[{i}].format")
+            target = c.target or str(snapdir / f"{req.name}.{c.vdev}.qcow2")
+            path = confined(target, roots, field=f"disks[{i}].target")
+            disks.append(DiskOp(vdev=c.vdev, path=spec.target, format=spec.format,
+                                type="external", target=str(path)))
+    targets = [d.target for d in disks if d.target]
+    if len(set(targets)) != len(targets):
+        raise InvalidInput("disks: two disks share one external target", field="disks")
+    memory: str | None = None
+    if not req.disk_only:
+        if not active:
+            raise InvalidInput(f"domain {info.name} is shut off: it has no memory to save; "
+                               "use --disk-only", field="disk_only")
+        memory = str(confined(req.memory_file or str(snapdir / f"{req.name}.save"), roots,
+                              field="memory_file"))
+    return {"mode": "live" if active else "offline", "memory_file": memory,
+            "domain_state": info.state, "config": config.model_dump(mode="json"),
+            "disks": [d.__dict__ for d in disks]}
+
+
+def _ops(plan: dict[str, Any]) -> list[DiskOp]:
+    return [DiskOp(**d) for d in plan["disks"]]
+
+
+def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, Any]:
+    """Memory + all disks of a running/paused domain in one driver call, then commit."""
+    emit = jobs.progress_for(host, req.job_id)
+    memory = Path(plan["memory_file"]) if plan["memory_file"] else None
+    disks = _ops(plan)
+    captured = False
+    try:
+        if memory is not None:
+            host.files.domain_dir(req.domain)
+        emit("capture", f"snapshotting {len(disks)} disk(s)" +
+             (" and memory" if memory else ""))
+        live = host.driver.capture(req.domain, name=req.name, memory_file=memory, disks=disks,
+                                   progress=emit)
+        captured = True
+        host.files.clear_pausing(req.domain, req.job_id)
+        emit("resumed", f"domain back to {live.domain_state}; paused {live.pause_ms} ms")
+        # all disks went in one atomic transaction: each took the transaction's time
+        per_disk = {d.vdev: max(live.disk_ms.values(), default=0.0) for d in disks}
+        return commit(host, req, plan, disk_ms=per_disk, pause_ms=live.pause_ms,
+                      memory_save_ms=live.memory_save_ms, memory_bytes=live.memory_bytes,
+                      domain_state=live.domain_state)
+    except BaseException as exc:
+        _rollback(host, req, plan, live_taken=captured)
+        jobs.fail(host, req, exc)
+        raise
+
+
+def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> dict[str, Any]:
+    """One disk of a shut-off domain. Returns a result dict, never raises for disk errors:
+    the finishing step sees every disk's outcome and rolls back the ones that worked."""
+    op = DiskOp(**disk)
+    t0 = time.monotonic()
+    try:
+        if host.driver.is_active(req.domain):
+            raise Refused("the domain started while its disks were being snapshotted offline")
+        if op.type == "internal":
+            if req.name in host.img.snapshot_list(op.path):
+                raise SnapshotExists(f"{op.path} already holds an internal snapshot {req.name!r}")
+            host.img.snapshot_create(op.path, req.name)
+        else:
+            assert op.target is not None
+            host.img.create(op.target, fmt="qcow2", backing=op.path, backing_fmt=op.format)
+        ms = round((time.monotonic() - t0) * 1000, 3)
+        jobs.progress_for(host, req.job_id)("disk", f"{op.vdev}: {op.type} snapshot in {ms} ms")
+        return {"vdev": op.vdev, "ok": True, "ms": ms}
+    except DomsnapError as exc:
+        return {"vdev": op.vdev, "ok": False, "error": exc.message}
+    except Exception as exc:  # noqa: BLE001 - reported to the finishing step, which fails the job
+        return {"vdev": op.vdev, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def finish_offline(host: Host, req: CreateRequest, plan: dict[str, Any],
+                   results: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        failed = [r for r in results if not r.get("ok")]
+        if failed:
+            raise OperationFailed("; ".join(f"{r['vdev']}: {r['error']}" for r in failed))
+        return commit(host, req, plan, disk_ms={r["vdev"]: r["ms"] for r in results},
+                      pause_ms=None, memory_save_ms=None, memory_bytes=None,
+                      domain_state="shutoff")
+    except BaseException as exc:
+        done = {r["vdev"] for r in results if r.get("ok")}
+        _rollback(host, req, plan, live_taken=False, offline_done=done)
+        jobs.fail(host, req, exc)
+        raise
+
+
+def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dict[str, float],
+           pause_ms: float | None, memory_save_ms: float | None, memory_bytes: int | None,
+           domain_state: str) -> dict[str, Any]:
+    """All parts exist: point the domain at new overlays, write sidecar then Redis."""
+    config = DomainConfig.model_validate(plan["config"])
+    disks = _ops(plan)
+    new_cfg = config.model_copy(update={"disks": [
+        d.model_copy(update={"target": next((o.target for o in disks
+                                             if o.vdev == d.vdev and o.type == "external"),
+                                            d.target)})
+        for d in config.disks]})
+    host.driver.set_domain_config(req.domain, new_cfg)
+    snaps = []
+    for op in disks:
+        size = _size(op.target if op.type == "external" else op.path)
+        snaps.append(DiskSnapshot(vdev=op.vdev, type=op.type, format=op.format,  # type: ignore[arg-type]
+                                  file=op.path, overlay=op.target,
+                                  duration_ms=disk_ms.get(op.vdev, 0.0), size_bytes=size))
+    record = SnapshotRecord(
+        name=req.name, domain=req.domain, domain_name=config.name, host=host.name,
+        driver=host.driver.name, description=req.description, created_at=req.submitted_at
+        or time.time(), domain_state=domain_state,  # type: ignore[arg-type]
+        disk_only=plan["memory_file"] is None, memory_file=plan["memory_file"],
+        memory_bytes=memory_bytes, memory_save_ms=memory_save_ms, pause_ms=pause_ms,
+        parent=host.store.current(req.domain), disks=snaps, domain_config=config,
+        job_id=req.job_id)
+    host.files.write_sidecar(record)
+    host.store.commit_snapshot(record, job_id=req.job_id)
+    result = {"name": record.name, "pause_ms": pause_ms, "memory_save_ms": memory_save_ms,
+              "memory_bytes": memory_bytes, "disk_only": record.disk_only,
+              "disks": [s.model_dump(mode="json") for s in snaps]}
+    jobs.succeed(host, req, result)
+    return result
+
+
+def _size(path: str | None) -> int | None:
+    try:
+        return os.stat(path).st_size if path else None
+    except OSError:
+        return None
+
+
+def _rollback(host: Host, req: CreateRequest, plan: dict[str, Any], *, live_taken: bool,
+              offline_done: set[str] | None = None) -> None:
+    """Remove every part of a failed create; the driver already undid its own transaction
+    when capture itself failed, so here only parts of a finished capture are undone."""
+    emit = jobs.progress_for(host, req.job_id)
+    disks = _ops(plan)
+    config = DomainConfig.model_validate(plan["config"])
+    try:
+        if live_taken:
+            emit("rollback", "removing the disk snapshots already taken")
+            host.driver.undo_disks(req.domain, name=req.name, disks=disks)
+            host.driver.set_domain_config(req.domain, config)
+        for op in disks:
+            if offline_done is None or op.vdev not in offline_done:
+                continue
+            if op.type == "internal":
+                host.img.snapshot_delete(op.path, req.name)
+            elif op.target:
+                Path(op.target).unlink(missing_ok=True)
+    except DomsnapError as exc:
+        emit("rollback", f"rollback incomplete: {exc.message}")
+    finally:
+        if plan["memory_file"]:
+            Path(plan["memory_file"]).unlink(missing_ok=True)
+        host.files.remove_sidecar(req.domain, req.name)

@@ -1,0 +1,171 @@
+"""Snapshot delete: remove everything that belongs to a snapshot, lose nothing else.
+
+Internal: delete it from its qcow2 (through QMP while the domain runs on that
+image, ``qemu-img`` when nobody has it open). External, with F the snapshot's
+frozen image: overlays on F that nothing needs any more go; if exactly one
+image C still needs F, C is merged down into F (``block-commit`` live,
+``qemu-img commit`` offline) and everything that pointed at C points at F, so the
+original image path survives; two or more (F is a branch point) is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from domsnap.errors import DomsnapError, Refused
+from schemas.config import DomainConfig
+from schemas.models import DeleteRequest, DomainInfo, SnapshotRecord
+from workers import jobs
+from workers.host import Host
+
+
+def _chain(host: Host, path: str | None) -> list[str]:
+    """``path`` and every image below it."""
+    out: list[str] = []
+    while path and os.path.exists(path) and path not in out:
+        out.append(path)
+        path = host.img.backing_file(path, force_share=True)
+    return out
+
+
+def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, Any]:
+    records = host.store.list_snapshots(req.domain)
+    rec = next((r for r in records if r.name == req.name), None)
+    if rec is None:
+        host.store.get_snapshot(req.domain, req.name)  # raises UnknownSnapshot
+        raise AssertionError
+    others = [r for r in records if r.name != rec.name]
+    config = host.driver.domain_config(req.domain)
+    active_path = {d.vdev: d.target for d in config.disks}
+    running = info.state in ("running", "paused")
+    steps: list[dict[str, Any]] = []
+    for disk in rec.disks:
+        chain = _chain(host, active_path.get(disk.vdev))
+        if disk.type == "internal":
+            live = running and disk.file in chain
+            if live and chain[0] != disk.file:
+                raise Refused(
+                    f"the internal snapshot of {disk.vdev} lives in {disk.file}, now a backing "
+                    "image of the running domain (QEMU: 'Need a root block node'); shut the "
+                    "domain off to delete it")
+            steps.append({"op": "internal", "vdev": disk.vdev, "path": disk.file, "live": live})
+            continue
+        steps.extend(_plan_external(host, rec, disk.vdev, disk.file, disk.overlay, others,
+                                    chain, running))
+    children = [r.name for r in others if r.parent == rec.name]
+    return {"steps": steps, "memory_file": rec.memory_file, "children": children,
+            "parent": rec.parent, "running": running}
+
+
+def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
+                   overlay: str | None, others: list[SnapshotRecord], active_chain: list[str],
+                   running: bool) -> list[dict[str, Any]]:
+    mine = [d for r in others for d in r.disks if d.vdev == vdev]
+    if any(d.file == frozen for d in mine):
+        raise Refused(f"{frozen} also holds another snapshot of {vdev}; delete that one first")
+    known = {p for d in mine for p in (d.file, d.overlay) if p} | set(active_chain)
+    if overlay:
+        known.add(overlay)
+    known = {p for p in known if os.path.exists(p)}
+    backing = {p: host.img.backing_file(p, force_share=True) for p in known}
+    needed = set(active_chain)
+    for d in mine:
+        needed.update(_chain(host, d.file))
+    children = [p for p in known if backing[p] == frozen]
+    live_children = [c for c in children if c in needed]
+    garbage = [c for c in children if c not in needed and
+               not any(backing[p] == c for p in known)]
+    steps: list[dict[str, Any]] = [{"op": "rm", "path": g} for g in garbage]
+    if len(live_children) >= 2:
+        raise Refused(
+            f"{vdev}: the snapshot's image {frozen} is a branch point (used by "
+            f"{', '.join(sorted(live_children))}); delete the snapshots of one branch first")
+    if live_children:
+        top = live_children[0]
+        if any(d.file == top and d.type == "internal" for d in mine):
+            raise Refused(f"{vdev}: merging {top} into {frozen} would lose an internal snapshot "
+                          f"held by {top}")
+        grandchildren = [p for p in known if backing[p] == top]
+        steps.append({"op": "commit", "vdev": vdev, "top": top, "base": frozen,
+                      "live": running and top in active_chain,
+                      "active": bool(active_chain) and active_chain[0] == top,
+                      "rebase": [g for g in grandchildren if not (running and g in active_chain)]})
+    elif frozen not in needed:
+        steps.append({"op": "rm", "path": frozen})
+    return steps
+
+
+def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str, Any]:
+    emit = jobs.progress_for(host, req.job_id)
+    try:
+        renames: dict[str, str] = {}
+        for step in plan["steps"]:
+            op = step["op"]
+            if op == "internal":
+                emit("disk", f"{step['vdev']}: deleting internal snapshot")
+                if step["live"]:
+                    host.driver.delete_internal_live(req.domain, name=req.name, path=step["path"])
+                elif req.name in host.img.snapshot_list(step["path"]):
+                    host.img.snapshot_delete(step["path"], req.name)
+            elif op == "commit":
+                emit("disk", f"{step['vdev']}: merging {step['top']} into {step['base']}")
+                if step["live"]:
+                    host.driver.commit_live(req.domain, top=step["top"], base=step["base"])
+                else:
+                    host.img.commit(step["top"])
+                for child in step["rebase"]:
+                    host.img.rebase(child, step["base"], unsafe=True)
+                renames[step["top"]] = step["base"]
+                Path(step["top"]).unlink(missing_ok=True)
+            elif op == "rm":
+                Path(step["path"]).unlink(missing_ok=True)
+        if renames:
+            _apply_renames(host, req, renames)
+        if plan["memory_file"]:
+            Path(plan["memory_file"]).unlink(missing_ok=True)
+        updated = []
+        for rec in host.store.list_snapshots(req.domain):
+            if rec.name in plan["children"]:
+                rec = rec.model_copy(update={"parent": plan["parent"]})
+                host.files.write_sidecar(rec)
+                updated.append(rec)
+        current = host.store.current(req.domain)
+        host.store.remove_snapshot(req.domain, req.name, updated=updated,
+                                   current=plan["parent"] if current == req.name else current)
+        host.files.remove_sidecar(req.domain, req.name)
+        result = {"name": req.name, "deleted": True}
+        jobs.succeed(host, req, result)
+        return result
+    except BaseException as exc:
+        jobs.fail(host, req, exc)
+        raise
+
+
+def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, str]) -> None:
+    """After merging C into F, everything that named C names F."""
+    def fix(p: str | None) -> str | None:
+        return renames.get(p, p) if p else p
+
+    changed = []
+    for rec in host.store.list_snapshots(req.domain):
+        if rec.name == req.name:
+            continue
+        disks = [d.model_copy(update={"file": fix(d.file), "overlay": fix(d.overlay)})
+                 for d in rec.disks]
+        cfg_disks = [d.model_copy(update={"target": fix(d.target)})
+                     for d in rec.domain_config.disks]
+        new = rec.model_copy(update={"disks": disks, "domain_config": rec.domain_config.model_copy(
+            update={"disks": cfg_disks})})
+        if new != rec:
+            host.files.write_sidecar(new)
+            changed.append(new)
+    if changed:
+        host.store.put_snapshots(req.domain, changed)
+    try:
+        cfg: DomainConfig = host.driver.domain_config(req.domain)
+        host.driver.set_domain_config(req.domain, cfg.model_copy(update={"disks": [
+            d.model_copy(update={"target": fix(d.target)}) for d in cfg.disks]}))
+    except DomsnapError:
+        raise

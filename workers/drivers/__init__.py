@@ -1,0 +1,1 @@
+"""Hypervisor drivers: one interface (:mod:`workers.drivers.base`), one module each."""

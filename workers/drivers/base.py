@@ -1,0 +1,123 @@
+"""The hypervisor driver interface.
+
+One method per capability; what a driver can do is data
+(:class:`Capabilities`), so the engine plans an operation from data and the
+contract suite in ``tests/`` can hold every driver to the same behaviour.
+Drivers never import Celery and never touch Redis.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from schemas.config import DomainConfig
+from schemas.models import DomainInfo
+
+Progress = Callable[[str, str], None]  # (step, message)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver can do; the engine plans from this, never from the driver's type."""
+
+    live_memory: bool  # memory copied while the guest runs; pause only for the switchover
+    live_disks: bool  # disk snapshots of a running domain in one atomic transaction
+    internal: bool
+    external: bool
+    revert_memory: bool
+    live_merge: bool  # block-commit / internal delete on a running domain
+
+
+@dataclass(frozen=True)
+class DiskOp:
+    """One disk of a snapshot create: ``path`` is the disk's active image now."""
+
+    vdev: str
+    path: str
+    format: str
+    type: Literal["internal", "external"]
+    target: str | None = None  # external: the overlay to create
+
+
+@dataclass
+class LiveResult:
+    """Timings of a live capture (all milliseconds)."""
+
+    pause_ms: float | None = None
+    memory_save_ms: float | None = None
+    memory_bytes: int | None = None
+    disk_ms: dict[str, float] = field(default_factory=dict)
+    domain_state: str = "running"
+
+
+class Driver(abc.ABC):
+    name: str
+    capabilities: Capabilities
+
+    @abc.abstractmethod
+    def list_domains(self) -> list[DomainInfo]:
+        """Every domain this host knows, running or shut off."""
+
+    @abc.abstractmethod
+    def domain_info(self, uuid: str) -> DomainInfo:
+        """One domain; UnknownDomain if this host does not have it."""
+
+    @abc.abstractmethod
+    def domain_config(self, uuid: str) -> DomainConfig:
+        """The config the domain runs with now (active image paths included)."""
+
+    @abc.abstractmethod
+    def set_domain_config(self, uuid: str, config: DomainConfig) -> None:
+        """Remember a new config (after external snapshots, reverts, merges)."""
+
+    @abc.abstractmethod
+    def pause(self, uuid: str) -> None: ...
+
+    @abc.abstractmethod
+    def unpause(self, uuid: str) -> None: ...
+
+    @abc.abstractmethod
+    def capture(
+        self,
+        uuid: str,
+        *,
+        name: str,
+        memory_file: Path | None,
+        disks: list[DiskOp],
+        progress: Progress,
+    ) -> LiveResult:
+        """Save memory (if asked) and snapshot ``disks`` of a running or paused domain,
+        with the guest paused as briefly as the hypervisor allows.
+
+        On return the domain is back in the run state it had. On error the domain is
+        back in that state too, and no disk snapshot of this call remains.
+        """
+
+    @abc.abstractmethod
+    def undo_disks(self, uuid: str, *, name: str, disks: list[DiskOp]) -> None:
+        """Remove disk snapshots that :meth:`capture` took (roll back a later failure)."""
+
+    @abc.abstractmethod
+    def delete_internal_live(self, uuid: str, *, name: str, path: str) -> None:
+        """Delete internal snapshot ``name`` from the image ``path`` a running domain uses."""
+
+    @abc.abstractmethod
+    def commit_live(self, uuid: str, *, top: str, base: str) -> None:
+        """Merge image ``top`` into its backing ``base`` while the domain runs."""
+
+    @abc.abstractmethod
+    def start(
+        self, uuid: str, config: DomainConfig, *, paused: bool, memory_file: Path | None = None
+    ) -> None:
+        """Start the domain from ``config``; from ``memory_file`` when given (restore)."""
+
+    @abc.abstractmethod
+    def destroy(self, uuid: str) -> None:
+        """Stop the domain at once; it stays known (shut off). No-op if not running."""
+
+    def is_active(self, uuid: str) -> bool:
+        return self.domain_info(uuid).state in ("running", "paused")

@@ -1,0 +1,458 @@
+"""The qemu driver: domsnap is the toolstack. It starts QEMU (KVM, or TCG where
+/dev/kvm is absent) from an xl-style domain config, one QMP socket per domain.
+
+A domain's files live in ``<state dir>/domains/<uuid>/``: ``domain.json`` (the
+registered config, so a shut-off domain stays known), ``qmp.sock``,
+``qemu.pid``, ``console.log`` and ``runstate`` (running/paused, written by
+domsnap so that listing domains never needs the single-client QMP socket).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+from domsnap.errors import DomsnapError, InvalidInput, OperationTimeout, QMPError, Refused, UnknownDomain
+from schemas.config import DomainConfig
+from schemas.models import DiskInfo, DomainInfo
+from workers.blocknodes import format_node_for, snapshot_actions
+from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
+from workers.qmp import QMPClient
+from workers.runner import Runner
+
+MEM_FD = "domsnap-mem"
+
+
+def _event_time(ev: dict[str, Any]) -> float:
+    ts = ev.get("timestamp") or {}
+    return float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
+
+
+class QemuDriver(Driver):
+    name = "qemu"
+    capabilities = Capabilities(live_memory=True, live_disks=True, internal=True, external=True,
+                                revert_memory=True, live_merge=True)
+
+    def __init__(self, state_dir: Path, runner: Runner, *, binary: str = "qemu-system-x86_64",
+                 accel: list[str] | None = None, timeout: float = 600.0) -> None:
+        self.root = state_dir / "domains"
+        self.runner = runner
+        self.binary = binary
+        self.accel = accel or ["kvm", "tcg"]
+        self.timeout = timeout
+
+    # ------------------------------------------------------------ registry
+
+    def _dir(self, uuid: str) -> Path:
+        return self.root / uuid
+
+    def _registered(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "domain.json").is_file())
+
+    def define(self, config: DomainConfig) -> DomainConfig:
+        """Register a new domain (like the first half of ``xl create``)."""
+        for other in self._registered():
+            if self.domain_config(other).name == config.name:
+                raise InvalidInput(f"a domain named {config.name!r} exists already (uuid {other})",
+                                   field="name")
+        cfg = config.model_copy(update={"uuid": config.uuid or str(uuidlib.uuid4())})
+        assert cfg.uuid is not None
+        if (self._dir(cfg.uuid) / "domain.json").exists():
+            raise InvalidInput(f"a domain with uuid {cfg.uuid} exists already", field="uuid")
+        for disk in cfg.disks:
+            if disk.target and not os.path.isabs(disk.target):
+                raise InvalidInput(f"disk {disk.vdev}: target must be an absolute path",
+                                   field="disk")
+            if disk.target and disk.devtype == "disk" and not os.path.exists(disk.target):
+                raise InvalidInput(f"disk {disk.vdev}: {disk.target} does not exist", field="disk")
+        self._dir(cfg.uuid).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.set_domain_config(cfg.uuid, cfg)
+        return cfg
+
+    def undefine(self, uuid: str) -> None:
+        self.destroy(uuid)
+        d = self._dir(uuid)
+        for name in ("domain.json", "runstate", "qemu.pid", "qmp.sock", "console.log"):
+            (d / name).unlink(missing_ok=True)
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+    def domain_config(self, uuid: str) -> DomainConfig:
+        path = self._dir(uuid) / "domain.json"
+        try:
+            return DomainConfig.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            raise UnknownDomain(f"no domain {uuid} on this host", domain=uuid) from None
+
+    def set_domain_config(self, uuid: str, config: DomainConfig) -> None:
+        path = self._dir(uuid) / "domain.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(config.model_dump_json(indent=2))
+        os.replace(tmp, path)
+
+    def find(self, ref: str) -> str:
+        """A domain uuid from its uuid or name."""
+        for uuid in self._registered():
+            if uuid == ref.lower() or self.domain_config(uuid).name == ref:
+                return uuid
+        raise UnknownDomain(f"no domain {ref!r} on this host", domain=ref)
+
+    # ------------------------------------------------------------ state
+
+    def _pid(self, uuid: str) -> int | None:
+        try:
+            pid = int((self._dir(uuid) / "qemu.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        try:  # a reused pid is not our QEMU
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if uuid.encode() in cmdline else None
+
+    def _runstate(self, uuid: str, value: str | None = None) -> str:
+        path = self._dir(uuid) / "runstate"
+        if value is not None:
+            path.write_text(value)
+            return value
+        try:
+            return path.read_text().strip() or "running"
+        except FileNotFoundError:
+            return "running"
+
+    def domain_info(self, uuid: str) -> DomainInfo:
+        cfg = self.domain_config(uuid)
+        state = self._runstate(uuid) if self._pid(uuid) else "shutoff"
+        disks = [DiskInfo(vdev=d.vdev, path=d.target, format=d.format, writable=d.writable,
+                          cdrom=d.devtype == "cdrom", backend="qemu") for d in cfg.disks]
+        return DomainInfo(uuid=uuid, name=cfg.name, state=state,  # type: ignore[arg-type]
+                          disks=disks)
+
+    def list_domains(self) -> list[DomainInfo]:
+        out = []
+        for uuid in self._registered():
+            try:
+                out.append(self.domain_info(uuid))
+            except (DomsnapError, ValueError, OSError):
+                continue
+        return out
+
+    def console_path(self, uuid: str) -> Path:
+        return self._dir(uuid) / "console.log"
+
+    # ------------------------------------------------------------ QMP
+
+    def _qmp(self, uuid: str, timeout: float = 30.0) -> QMPClient:
+        if not self._pid(uuid):
+            raise Refused(f"domain {uuid} is not running", domain=uuid)
+        return QMPClient(self._dir(uuid) / "qmp.sock", timeout=timeout)
+
+    def pause(self, uuid: str) -> None:
+        with self._qmp(uuid) as q:
+            q.execute("stop")
+        self._runstate(uuid, "paused")
+
+    def unpause(self, uuid: str) -> None:
+        with self._qmp(uuid) as q:
+            q.execute("cont")
+        self._runstate(uuid, "running")
+
+    # ------------------------------------------------------------ create
+
+    def capture(self, uuid: str, *, name: str, memory_file: Path | None,
+                disks: list[DiskOp], progress: Progress) -> LiveResult:
+        result = LiveResult()
+        with self._qmp(uuid) as q:
+            status = q.execute("query-status")["status"]
+            was_running = status == "running"
+            result.domain_state = "running" if was_running else "paused"
+            nodes = q.execute("query-named-block-nodes")
+            actions = snapshot_actions(nodes, name, disks)
+            if memory_file is None:
+                self._capture_disks_only(q, actions, was_running, result)
+            else:
+                self._capture_with_memory(q, uuid, memory_file, actions, was_running, result,
+                                          progress)
+            stops = [e for e in q.events if e.get("event") == "STOP"]
+            resumes = [e for e in q.events if e.get("event") == "RESUME"]
+            if was_running and stops and resumes:
+                result.pause_ms = round((_event_time(resumes[-1]) - _event_time(stops[0])) * 1000,
+                                        3)
+        return result
+
+    def _capture_disks_only(self, q: QMPClient, actions: list[dict[str, Any]], was_running: bool,
+                            result: LiveResult) -> None:
+        if was_running:
+            q.execute("stop")
+        try:
+            t0 = time.monotonic()
+            if actions:
+                q.execute("transaction", {"actions": actions})
+            ms = (time.monotonic() - t0) * 1000
+            result.disk_ms = {str(a["data"].get("device") or a["data"].get("node-name")): ms
+                              for a in actions}
+        finally:
+            if was_running:
+                q.execute("cont")
+
+    def _capture_with_memory(self, q: QMPClient, uuid: str, memory_file: Path,
+                             actions: list[dict[str, Any]], was_running: bool,
+                             result: LiveResult, progress: Progress) -> None:
+        q.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "pause-before-switchover", "state": True},
+            {"capability": "events", "state": True}]})
+        memory_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(memory_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            q.send_fd(MEM_FD, fd)
+        finally:
+            os.close(fd)
+        t0 = time.monotonic()
+        progress("memory", "copying memory while the domain runs")
+        q.execute("migrate", {"uri": f"fd:{MEM_FD}"})
+        disks_taken = False
+        resumed = False
+        try:
+            info = q.poll("query-migrate", None,
+                          until=lambda r: r.get("status") in ("pre-switchover", "failed",
+                                                              "cancelled", "completed"),
+                          timeout=self.timeout)
+            if info.get("status") != "pre-switchover":
+                raise QMPError(f"memory save stopped: {info.get('status')}: "
+                               f"{info.get('error-desc', '')}", sent="migrate", received=info)
+            # The guest is stopped here: take every disk at once, then switch over.
+            t_disk = time.monotonic()
+            if actions:
+                q.execute("transaction", {"actions": actions})
+            disks_taken = True
+            dms = (time.monotonic() - t_disk) * 1000
+            result.disk_ms = {str(a["data"].get("device") or a["data"].get("node-name")): dms
+                              for a in actions}
+            q.execute("migrate-continue", {"state": "pre-switchover"})
+            info = q.poll("query-migrate", None,
+                          until=lambda r: r.get("status") in ("completed", "failed", "cancelled"),
+                          timeout=self.timeout)
+            if info.get("status") != "completed":
+                raise QMPError(f"memory save failed: {info.get('error-desc', info.get('status'))}",
+                               sent="migrate-continue", received=info)
+            result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
+            result.memory_bytes = memory_file.stat().st_size
+            # A completed migration inactivates the block nodes; `cont` activates them again.
+            if was_running:
+                q.execute("cont")
+                resumed = True
+        except BaseException:
+            self._abort_migration(q)
+            if disks_taken:
+                self._undo_actions(q, actions)
+            if was_running and not resumed:
+                self._resume_quietly(q)
+            raise
+
+    def _abort_migration(self, q: QMPClient) -> None:
+        try:
+            st = q.execute("query-migrate").get("status")
+            if st in ("active", "pre-switchover", "device", "setup"):
+                q.execute("migrate_cancel")
+                q.poll("query-migrate", None,
+                       until=lambda r: r.get("status") not in ("active", "pre-switchover",
+                                                               "device", "cancelling", "setup"),
+                       timeout=30)
+        except DomsnapError:
+            pass
+
+    def _resume_quietly(self, q: QMPClient) -> None:
+        try:
+            if q.execute("query-status").get("status") != "running":
+                q.execute("cont")
+        except DomsnapError:
+            pass
+
+    def _undo_actions(self, q: QMPClient, actions: list[dict[str, Any]]) -> None:
+        for act in actions:
+            data = act["data"]
+            try:
+                if act["type"] == "blockdev-snapshot-internal-sync":
+                    q.execute("blockdev-snapshot-delete-internal-sync",
+                              {"device": data["device"], "name": data["name"]})
+                else:
+                    self._commit_active(q, data["snapshot-node-name"])
+                    os.unlink(data["snapshot-file"])
+            except (DomsnapError, OSError):
+                continue
+
+    def undo_disks(self, uuid: str, *, name: str, disks: list[DiskOp]) -> None:
+        with self._qmp(uuid) as q:
+            nodes = q.execute("query-named-block-nodes")
+            for op in disks:
+                if op.type == "internal":
+                    node = format_node_for(nodes, op.path)
+                    q.execute("blockdev-snapshot-delete-internal-sync",
+                              {"device": node, "name": name})
+                else:
+                    assert op.target is not None
+                    self._commit_active(q, format_node_for(nodes, op.target))
+                    Path(op.target).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ delete / merge
+
+    def delete_internal_live(self, uuid: str, *, name: str, path: str) -> None:
+        with self._qmp(uuid) as q:
+            node = format_node_for(q.execute("query-named-block-nodes"), path)
+            q.execute("blockdev-snapshot-delete-internal-sync", {"device": node, "name": name})
+
+    def commit_live(self, uuid: str, *, top: str, base: str) -> None:
+        with self._qmp(uuid) as q:
+            nodes = q.execute("query-named-block-nodes")
+            top_node = format_node_for(nodes, top)
+            base_node = format_node_for(nodes, base)
+            root = self._root_of(q, top)
+            if root == top_node:
+                self._commit_active(q, top_node, base_node)
+            else:
+                job = f"ds-commit-{int(time.time() * 1000) % 10**9}"
+                q.execute("block-commit", {"job-id": job, "device": root, "top-node": top_node,
+                                           "base-node": base_node, "auto-dismiss": False})
+                self._wait_job(q, job, ready=False)
+
+    def _root_of(self, q: QMPClient, path: str) -> str:
+        """The root (device) node of the chain that holds the image ``path``."""
+        want = os.path.realpath(path)
+        for dev in q.execute("query-block"):
+            ins = dev.get("inserted") or {}
+            image: dict[str, Any] | None = ins.get("image")
+            while image is not None:
+                if os.path.realpath(str(image.get("filename", ""))) == want:
+                    return str(ins["node-name"])
+                image = image.get("backing-image")
+        raise QMPError(f"no device uses the image {path}", sent="query-block", received=None)
+
+    def _commit_active(self, q: QMPClient, top_node: str, base_node: str | None = None) -> None:
+        job = f"ds-commit-{int(time.time() * 1000) % 10**9}"
+        args: dict[str, Any] = {"job-id": job, "device": top_node, "auto-dismiss": False}
+        if base_node:
+            args["base-node"] = base_node
+        q.execute("block-commit", args)
+        self._wait_job(q, job, ready=True)
+
+    def _wait_job(self, q: QMPClient, job: str, *, ready: bool) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            jobs = {j["id"]: j for j in q.execute("query-jobs")}
+            j = jobs.get(job)
+            if j is None:
+                raise QMPError(f"block job {job} vanished", sent="query-jobs", received=jobs)
+            st = j.get("status")
+            if ready and st == "ready":
+                q.execute("job-complete", {"id": job})
+                ready = False
+            elif st == "concluded":
+                q.execute("job-dismiss", {"id": job})
+                if j.get("error"):
+                    raise QMPError(f"block job {job} failed: {j['error']}", sent=job, received=j)
+                return
+            if time.monotonic() > deadline:
+                raise OperationTimeout(f"block job {job} did not finish", job=job)
+            time.sleep(0.02)
+
+    # ------------------------------------------------------------ start / stop
+
+    def _argv(self, uuid: str, config: DomainConfig, *, paused: bool, incoming: bool) -> list[str]:
+        d = self._dir(uuid)
+        argv = [self.binary, "-name", f"{config.name},process=domsnap-{config.name}",
+                "-uuid", uuid, "-machine", "q35"]
+        for accel in self.accel:
+            argv += ["-accel", accel]
+        argv += ["-m", str(config.memory), "-smp", str(config.vcpus),
+                 "-nodefaults", "-no-user-config", "-display", "none",
+                 "-chardev", f"file,id=con0,path={d / 'console.log'},append=on",
+                 "-serial", "chardev:con0",
+                 "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
+                 "-pidfile", str(d / "qemu.pid"), "-daemonize"]
+        if config.kernel:
+            argv += ["-kernel", config.kernel]
+        if config.ramdisk:
+            argv += ["-initrd", config.ramdisk]
+        if config.extra:
+            argv += ["-append", config.extra]
+        for disk in config.disks:
+            if disk.target is None or disk.devtype == "cdrom":
+                continue
+            ro = disk.access == "ro"
+            fmt = disk.format if disk.format in ("qcow2", "raw") else "raw"
+            argv += ["-blockdev", json.dumps({"driver": "file", "filename": disk.target,
+                                              "node-name": f"{disk.vdev}-file", "read-only": ro}),
+                     "-blockdev", json.dumps({"driver": fmt, "file": f"{disk.vdev}-file",
+                                              "node-name": f"{disk.vdev}-{fmt}", "read-only": ro}),
+                     "-device", f"virtio-blk-pci,drive={disk.vdev}-{fmt},id={disk.vdev}"]
+        if paused:
+            argv.append("-S")
+        if incoming:
+            argv += ["-incoming", "defer"]
+        return argv
+
+    def start(self, uuid: str, config: DomainConfig, *, paused: bool,
+              memory_file: Path | None = None) -> None:
+        if self._pid(uuid):
+            raise Refused(f"domain {config.name} is running already", domain=uuid)
+        d = self._dir(uuid)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (d / "qmp.sock").unlink(missing_ok=True)
+        self.runner(self._argv(uuid, config, paused=paused or memory_file is not None,
+                               incoming=memory_file is not None), timeout=120)
+        self.set_domain_config(uuid, config)
+        if memory_file is None:
+            self._runstate(uuid, "paused" if paused else "running")
+            return
+        try:
+            with self._qmp(uuid, timeout=self.timeout) as q:
+                fd = os.open(memory_file, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    q.send_fd(MEM_FD, fd)
+                finally:
+                    os.close(fd)
+                q.execute("migrate-incoming", {"uri": f"fd:{MEM_FD}"})
+                st = q.poll("query-status", None,
+                            until=lambda r: r.get("status") != "inmigrate", timeout=self.timeout)
+                if st.get("status") not in ("paused", "prelaunch", "postmigrate"):
+                    raise QMPError(f"memory restore ended in state {st.get('status')}",
+                                   sent="migrate-incoming", received=st)
+                if not paused:
+                    q.execute("cont")
+            self._runstate(uuid, "paused" if paused else "running")
+        except BaseException:
+            self.destroy(uuid)
+            raise
+
+    def destroy(self, uuid: str) -> None:
+        pid = self._pid(uuid)
+        if pid is None:
+            return
+        try:
+            with QMPClient(self._dir(uuid) / "qmp.sock", timeout=5) as q:
+                q.execute("quit")
+        except DomsnapError:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while self._pid(uuid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._pid(uuid):
+            os.kill(pid, signal.SIGKILL)
+            while self._pid(uuid):
+                time.sleep(0.02)
+        self._runstate(uuid, "shutoff")

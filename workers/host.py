@@ -1,0 +1,60 @@
+"""The per-process context of a worker: settings, store, driver, disk tools, host files."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+
+from domsnap.errors import InvalidInput
+from domsnap.settings import Settings, get_settings
+from domsnap.store import Store
+from workers.drivers.base import Driver
+from workers.hostfiles import HostFiles
+from workers.qemu_img import QemuImg
+from workers.runner import Runner, SubprocessRunner
+
+
+@dataclass
+class Host:
+    settings: Settings
+    store: Store
+    driver: Driver
+    img: QemuImg
+    files: HostFiles
+    runner: Runner
+
+    @property
+    def name(self) -> str:
+        return self.settings.host
+
+
+def make_driver(settings: Settings, runner: Runner) -> Driver:
+    if settings.driver == "qemu":
+        from workers.drivers.qemu import QemuDriver
+
+        return QemuDriver(settings.state_dir, runner, binary=settings.qemu_binary,
+                          accel=settings.qemu_accel, timeout=settings.command_timeout_s)
+    if settings.driver == "xl" and shutil.which("xl") is None:
+        raise InvalidInput("driver 'xl' needs the xl binary on PATH", field="driver")
+    raise InvalidInput(f"driver {settings.driver!r} is not available in this build",
+                       field="driver")
+
+
+def build_host(settings: Settings) -> Host:
+    runner = SubprocessRunner()
+    return Host(
+        settings=settings,
+        store=Store.from_url(settings.redis_url, prefix=settings.key_prefix,
+                             job_ttl_s=settings.job_ttl_s),
+        driver=make_driver(settings, runner),
+        img=QemuImg(runner, binary=settings.qemu_img, timeout=settings.command_timeout_s),
+        files=HostFiles(settings.state_dir, settings.snapshots),
+        runner=runner,
+    )
+
+
+@lru_cache(maxsize=1)
+def current_host() -> Host:
+    """The context of this worker process (built on first use, after fork)."""
+    return build_host(get_settings())

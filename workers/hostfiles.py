@@ -1,0 +1,121 @@
+"""What a host keeps on its own disk: sidecar records next to the snapshot files,
+the journal of operations in flight, and pause markers.
+
+Sidecars let Redis be rebuilt from the host (and the host from Redis); journals
+let a restarted worker finish or undo what it left; pause markers are the
+host-side guard that a domain domsnap paused gets resumed, and the gate that
+keeps new work from starting while a pausing operation is in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from schemas.models import SnapshotRecord
+
+
+def _atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class HostFiles:
+    def __init__(self, state_dir: Path, snapshot_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.snapshot_dir = snapshot_dir
+        self.journal_dir = state_dir / "journal"
+        self.pause_dir = state_dir / "pausing"
+
+    # ------------------------------------------------------------ snapshot files
+
+    def domain_dir(self, uuid: str) -> Path:
+        """``<snapshot dir>/<uuid>/``, created 0700 (it holds guest RAM)."""
+        d = self.snapshot_dir / uuid
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(d, 0o700)
+        return d
+
+    def sidecar_path(self, uuid: str, name: str) -> Path:
+        return self.snapshot_dir / uuid / f"{name}.json"
+
+    def write_sidecar(self, record: SnapshotRecord) -> None:
+        self.domain_dir(record.domain)
+        _atomic_write(self.sidecar_path(record.domain, record.name),
+                      record.model_dump_json(indent=2))
+
+    def remove_sidecar(self, uuid: str, name: str) -> None:
+        self.sidecar_path(uuid, name).unlink(missing_ok=True)
+
+    def sidecars(self) -> list[SnapshotRecord]:
+        out: list[SnapshotRecord] = []
+        if not self.snapshot_dir.is_dir():
+            return out
+        for path in sorted(self.snapshot_dir.glob("*/*.json")):
+            try:
+                out.append(SnapshotRecord.model_validate_json(path.read_text()))
+            except ValueError:
+                continue
+        return out
+
+    # ------------------------------------------------------------ journal
+
+    def journal_path(self, job_id: str) -> Path:
+        return self.journal_dir / f"{job_id}.json"
+
+    def write_journal(self, job_id: str, entry: dict[str, Any]) -> None:
+        _atomic_write(self.journal_path(job_id), json.dumps({**entry, "updated_at": time.time()}))
+
+    def read_journal(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.journal_path(job_id).read_text())
+            return data
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def remove_journal(self, job_id: str) -> None:
+        self.journal_path(job_id).unlink(missing_ok=True)
+
+    def journals(self) -> list[dict[str, Any]]:
+        if not self.journal_dir.is_dir():
+            return []
+        out = []
+        for p in sorted(self.journal_dir.glob("*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except ValueError:
+                continue
+        return out
+
+    # ------------------------------------------------------------ pause markers
+
+    def mark_pausing(self, uuid: str, job_id: str) -> None:
+        _atomic_write(self.pause_dir / uuid, json.dumps({"job_id": job_id, "since": time.time()}))
+
+    def clear_pausing(self, uuid: str, job_id: str) -> None:
+        path = self.pause_dir / uuid
+        try:
+            if json.loads(path.read_text()).get("job_id") == job_id:
+                path.unlink()
+        except (FileNotFoundError, ValueError):
+            pass
+
+    def pausing_jobs(self) -> dict[str, str]:
+        """domain uuid -> job id of every pausing operation in flight on this host."""
+        out: dict[str, str] = {}
+        if self.pause_dir.is_dir():
+            for p in self.pause_dir.iterdir():
+                try:
+                    out[p.name] = str(json.loads(p.read_text())["job_id"])
+                except (OSError, ValueError, KeyError):
+                    continue
+        return out

@@ -1,0 +1,96 @@
+"""Start-up repair on a host: Redis and sidecars agree, and nothing an earlier
+worker left half-done stays so.
+
+- :func:`reconcile`: every sidecar record is in Redis and every Redis record of a
+  domain of this host has its sidecar (invariant 6).
+- :func:`recover`: each journal left by a dead worker is an operation that never
+  ended: resume a domain it paused, remove the parts a create made, fail its job,
+  release its lock (invariants 1 and 2).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from domsnap.errors import DomsnapError, OperationFailed, UnknownSnapshot
+from schemas.models import CreateRequest, DeleteRequest, RevertRequest
+from workers import jobs
+from workers.drivers.base import DiskOp
+from workers.host import Host
+
+log = logging.getLogger("domsnap.recovery")
+
+
+def reconcile(host: Host) -> None:
+    side = host.files.sidecars()
+    for rec in side:
+        try:
+            host.store.get_snapshot(rec.domain, rec.name)
+        except UnknownSnapshot:
+            log.info("restoring record %s/%s from its sidecar", rec.domain, rec.name)
+            current = host.store.current(rec.domain)
+            host.store.put_snapshots(rec.domain, [rec],
+                                     current=False if current else rec.name)
+    have = {(r.domain, r.name) for r in side}
+    for dom in host.driver.list_domains():
+        for rec in host.store.list_snapshots(dom.uuid):
+            if rec.host == host.name and (rec.domain, rec.name) not in have:
+                log.info("writing missing sidecar of %s/%s", rec.domain, rec.name)
+                host.files.write_sidecar(rec)
+
+
+def recover(host: Host) -> None:
+    for entry in host.files.journals():
+        try:
+            _recover_one(host, entry)
+        except DomsnapError as exc:
+            log.error("could not recover job %s: %s", entry.get("request", {}).get("job_id"), exc)
+
+
+def _recover_one(host: Host, entry: dict[str, object]) -> None:
+    body = entry["request"]
+    assert isinstance(body, dict)
+    op = body.get("op")
+    model = {"create": CreateRequest, "revert": RevertRequest, "delete": DeleteRequest}[str(op)]
+    req = model.model_validate(body)
+    plan = entry.get("plan")
+    assert isinstance(plan, dict)
+    uuid = req.domain
+    if uuid in host.files.pausing_jobs():
+        try:
+            if host.driver.domain_info(uuid).state == "paused":
+                host.driver.unpause(uuid)
+        except DomsnapError as exc:
+            log.error("could not resume %s: %s", uuid, exc)
+    if isinstance(req, CreateRequest):
+        try:
+            host.store.get_snapshot(uuid, req.name)
+            jobs.release(host, req)  # it did commit; only the journal was left
+            return
+        except UnknownSnapshot:
+            pass
+        disks = [DiskOp(**d) for d in plan.get("disks", [])]  # type: ignore[union-attr]
+        for op in disks:
+            try:
+                if op.type == "internal" and req.name in host.img.snapshot_list(
+                        op.path, force_share=True):
+                    if host.driver.is_active(uuid):
+                        host.driver.delete_internal_live(uuid, name=req.name, path=op.path)
+                    else:
+                        host.img.snapshot_delete(op.path, req.name)
+                elif op.type == "external" and op.target and Path(op.target).exists():
+                    cfg = host.driver.domain_config(uuid)
+                    if any(d.target == op.target for d in cfg.disks) or host.driver.is_active(
+                            uuid):
+                        host.driver.undo_disks(uuid, name=req.name, disks=[op])
+                    else:
+                        Path(op.target).unlink(missing_ok=True)
+            except DomsnapError as exc:
+                log.error("rollback of %s on %s: %s", op.vdev, uuid, exc)
+        mem = plan.get("memory_file")  # type: ignore[union-attr]
+        if mem:
+            Path(str(mem)).unlink(missing_ok=True)
+        host.files.remove_sidecar(uuid, req.name)
+    jobs.fail(host, req, OperationFailed("the worker stopped during the operation; "
+                                         "what it had done was rolled back"))

@@ -1,0 +1,111 @@
+"""Snapshot revert: the domain comes back in the exact state of the snapshot.
+
+Internal disk snapshots are applied in place (``qemu-img snapshot -a``) on the
+image the domain uses now; an external one gets a fresh overlay on the
+snapshot's frozen image, so every later snapshot stays intact (a new branch).
+With a memory image the domain is restored from it; a disk-only snapshot leaves
+the domain shut off unless asked to start it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from domsnap.errors import Refused
+from schemas.config import DomainConfig
+from schemas.models import DomainInfo, RevertRequest, SnapshotRecord
+from workers import jobs
+from workers.host import Host
+
+
+def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, Any]:
+    rec = host.store.get_snapshot(req.domain, req.name)
+    current = host.driver.domain_config(req.domain)
+    active = {d.vdev: d.target for d in current.disks}
+    snapdir = host.settings.snapshots / req.domain
+    new_paths: dict[str, str] = {}
+    steps: list[dict[str, str]] = []
+    for disk in rec.disks:
+        if not os.path.exists(disk.file):
+            raise Refused(f"snapshot {rec.name}: image {disk.file} of {disk.vdev} is missing")
+        if disk.type == "internal":
+            if active.get(disk.vdev) != disk.file:
+                raise Refused(
+                    f"snapshot {rec.name}: the internal snapshot of {disk.vdev} lives in "
+                    f"{disk.file}, which is no longer the disk's active image "
+                    f"({active.get(disk.vdev)}); applying it would corrupt the images above it")
+            steps.append({"op": "apply", "vdev": disk.vdev, "path": disk.file})
+            new_paths[disk.vdev] = disk.file
+        else:
+            overlay = snapdir / f"{rec.name}.{disk.vdev}.r{req.job_id[:8]}.qcow2"
+            steps.append({"op": "overlay", "vdev": disk.vdev, "path": str(overlay),
+                          "backing": disk.file, "format": disk.format})
+            new_paths[disk.vdev] = str(overlay)
+    if not rec.disk_only and (not rec.memory_file or not os.path.exists(rec.memory_file)):
+        raise Refused(f"snapshot {rec.name}: its memory image {rec.memory_file} is missing")
+    config = _config_after(rec, current, new_paths)
+    if req.start is not None:
+        final = req.start
+    elif rec.disk_only:
+        final = "shutoff"
+    else:
+        final = "paused" if rec.domain_state == "paused" else "running"
+    return {"steps": steps, "config": config.model_dump(mode="json"), "final": final,
+            "memory_file": None if rec.disk_only else rec.memory_file,
+            "was": info.state, "old_config": current.model_dump(mode="json")}
+
+
+def _config_after(rec: SnapshotRecord, current: DomainConfig,
+                  new_paths: dict[str, str]) -> DomainConfig:
+    """The snapshot's config (memory, vcpus, devices as they were) with each disk
+    pointing at its reverted image; disks the snapshot did not cover keep today's image."""
+    now = {d.vdev: d for d in current.disks}
+    disks = []
+    for d in rec.domain_config.disks:
+        if d.vdev in new_paths:
+            # internal snapshots live in qcow2, external overlays are qcow2
+            disks.append(d.model_copy(update={"target": new_paths[d.vdev], "format": "qcow2"}))
+        else:
+            disks.append(now.get(d.vdev, d))
+    return rec.domain_config.model_copy(update={"disks": disks, "uuid": current.uuid})
+
+
+def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str, Any]:
+    emit = jobs.progress_for(host, req.job_id)
+    config = DomainConfig.model_validate(plan["config"])
+    made: list[str] = []
+    try:
+        if host.driver.is_active(req.domain):
+            emit("stop", "stopping the domain")
+            host.driver.destroy(req.domain)
+        for step in plan["steps"]:
+            if step["op"] == "apply":
+                emit("disk", f"{step['vdev']}: applying internal snapshot {req.name}")
+                host.img.snapshot_apply(step["path"], req.name)
+            else:
+                emit("disk", f"{step['vdev']}: new overlay on {step['backing']}")
+                host.img.create(step["path"], fmt="qcow2", backing=step["backing"],
+                                backing_fmt=step["format"])
+                made.append(step["path"])
+        host.driver.set_domain_config(req.domain, config)
+        final = plan["final"]
+        if plan["memory_file"] and final != "shutoff":
+            emit("restore", "restoring memory")
+            host.driver.start(req.domain, config, paused=final == "paused",
+                              memory_file=Path(plan["memory_file"]))
+        elif final != "shutoff":
+            emit("start", "starting the domain")
+            host.driver.start(req.domain, config, paused=final == "paused")
+        host.store.put_snapshots(req.domain, [], current=req.name)
+        result = {"name": req.name, "state": final,
+                  "disks": {s["vdev"]: s["path"] for s in plan["steps"]}}
+        jobs.succeed(host, req, result)
+        return result
+    except BaseException as exc:
+        for path in made:
+            Path(path).unlink(missing_ok=True)
+        host.driver.set_domain_config(req.domain, DomainConfig.model_validate(plan["old_config"]))
+        jobs.fail(host, req, exc)
+        raise
