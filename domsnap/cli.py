@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from domsnap.errors import DomsnapError, OperationFailed
+from domsnap.errors import DomsnapError, from_dict
 from domsnap.settings import Settings, get_settings, reset_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -75,9 +75,7 @@ def _wait_and_print(job_id: str, *, as_json: bool, timeout: float | None,
         click.echo(_dumps(job.model_dump(mode="json")))
     if job.state == "failed":
         assert job.error is not None
-        err = OperationFailed(f"job {job_id} failed: {job.error.message}")
-        err.exit_code = 10
-        _fail(err)
+        _fail(from_dict(job.error.model_dump()))
     if not as_json:
         click.echo(render(job.result or {}))
 

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
 
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
-    qemu_accel: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["kvm", "tcg"])
+    qemu_accel: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: auto
 
     @classmethod
     def settings_customise_sources(

@@ -63,8 +63,7 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
                    overlay: str | None, others: list[SnapshotRecord], active_chain: list[str],
                    running: bool) -> list[dict[str, Any]]:
     mine = [d for r in others for d in r.disks if d.vdev == vdev]
-    if any(d.file == frozen for d in mine):
-        raise Refused(f"{frozen} also holds another snapshot of {vdev}; delete that one first")
+    holds_others = any(d.file == frozen for d in mine)  # e.g. internal snapshots in F
     known = {p for d in mine for p in (d.file, d.overlay) if p} | set(active_chain)
     if overlay:
         known.add(overlay)
@@ -92,7 +91,7 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
                       "live": running and top in active_chain,
                       "active": bool(active_chain) and active_chain[0] == top,
                       "rebase": [g for g in grandchildren if not (running and g in active_chain)]})
-    elif frozen not in needed:
+    elif frozen not in needed and not holds_others:
         steps.append({"op": "rm", "path": frozen})
     return steps
 

@@ -20,6 +20,7 @@ from typing import Any
 from domsnap.errors import DomsnapError, InvalidInput, OperationTimeout, QMPError, Refused, UnknownDomain
 from schemas.config import DomainConfig
 from schemas.models import DiskInfo, DomainInfo
+from workers.accel import accelerators
 from workers.blocknodes import format_node_for, snapshot_actions
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
 from workers.qmp import QMPClient
@@ -43,7 +44,7 @@ class QemuDriver(Driver):
         self.root = state_dir / "domains"
         self.runner = runner
         self.binary = binary
-        self.accel = accel or ["kvm", "tcg"]
+        self.accel = accelerators(accel)
         self.timeout = timeout
 
     # ------------------------------------------------------------ registry
@@ -307,6 +308,7 @@ class QemuDriver(Driver):
                 else:
                     assert op.target is not None
                     self._commit_active(q, format_node_for(nodes, op.target))
+                    self._drop_orphans(q, nodes, op.target)
                     Path(op.target).unlink(missing_ok=True)
 
     # ------------------------------------------------------------ delete / merge
@@ -329,6 +331,23 @@ class QemuDriver(Driver):
                 q.execute("block-commit", {"job-id": job, "device": root, "top-node": top_node,
                                            "base-node": base_node, "auto-dismiss": False})
                 self._wait_job(q, job, ready=False)
+            self._drop_orphans(q, nodes, top)
+
+    def _drop_orphans(self, q: QMPClient, nodes: list[dict[str, Any]], path: str) -> None:
+        """Release the nodes of an image that left the graph.
+
+        Nodes created with -blockdev are owned by the monitor and outlive their use;
+        such a node would stay a parent of the image below it, which then is no longer
+        a root node and refuses internal-snapshot deletion ("Need a root block node").
+        """
+        want = os.path.realpath(path)
+        mine = [n for n in nodes if os.path.realpath(str(n.get("file", ""))) == want]
+        # format nodes first: a protocol node cannot go while its format node holds it
+        for node in sorted(mine, key=lambda n: n.get("drv") in ("file", "host_device")):
+            try:
+                q.execute("blockdev-del", {"node-name": node["node-name"]})
+            except QMPError:
+                pass  # not monitor-owned (freed with the graph) or still in use
 
     def _root_of(self, q: QMPClient, path: str) -> str:
         """The root (device) node of the chain that holds the image ``path``."""
