@@ -54,6 +54,7 @@ class Client:
         self.store = store or Store.from_url(self.settings.redis_url,
                                              prefix=self.settings.key_prefix,
                                              job_ttl_s=self.settings.job_ttl_s)
+        self._celery: Any = None
 
     # ------------------------------------------------------------ reading
 
@@ -152,6 +153,14 @@ class Client:
         self._check_unlocked(info)
         return self._enqueue(req)
 
+    def _app(self) -> Any:
+        """This client's Celery app (its own broker settings), made on first use."""
+        if self._celery is None:
+            from workers.app import make_app
+
+            self._celery = make_app(self.settings)
+        return self._celery
+
     def _check_unlocked(self, info: DomainInfo) -> None:
         owner = self.store.lock_owner(info.uuid)
         if owner:
@@ -159,8 +168,9 @@ class Client:
                                "operation on it", domain=info.uuid, job_id=owner)
 
     def _enqueue(self, req: CreateRequest | RevertRequest | DeleteRequest) -> str:
-        from workers.app import app
         from workers.routing import ENTRY_TASKS, host_queue
+
+        app = self._app()
 
         self.store.create_job(JobRecord(job_id=req.job_id, op=req.op, domain=req.domain,
                                         domain_name=req.domain_name, host=req.host,

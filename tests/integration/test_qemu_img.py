@@ -82,6 +82,12 @@ def test_create_failure_leaves_no_file(img: QemuImg, tmp_path: Path) -> None:
     assert not overlay.exists()
 
 
+def test_create_in_a_missing_directory_is_invalid_input(img: QemuImg, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput) as info:
+        img.create(tmp_path / "nodir" / "disk.qcow2", size_bytes=MiB)
+    assert info.value.field == "path"
+
+
 def test_create_needs_a_size_without_backing(img: QemuImg, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         img.create(tmp_path / "disk.qcow2")

@@ -252,6 +252,7 @@ def test_stop_and_cont_produce_events(start_qemu: StartQemu) -> None:
         resume = qmp.wait_event("RESUME", timeout=5)
         stop = qmp.wait_event("STOP", timeout=5)
         assert set(resume["timestamp"]) == {"seconds", "microseconds"}
+        assert resume["data"] == {}
         assert (stop["timestamp"]["seconds"], stop["timestamp"]["microseconds"]) >= (
             resume["timestamp"]["seconds"],
             resume["timestamp"]["microseconds"],
@@ -398,7 +399,7 @@ def test_live_save_with_pause_before_switchover(start_qemu: StartQemu, tmp_path:
         assert settled(qmp) == "postmigrate"
         qmp.execute("cont")
         assert qmp.execute("query-status")["status"] == "running"
-        events = [(e["event"], (e.get("data") or {}).get("status")) for e in qmp.events]
+        events = [(e["event"], e["data"].get("status")) for e in qmp.events]
         stop = events.index(("STOP", None))
         assert events[stop + 1 :] == [
             ("MIGRATION", "pre-switchover"),

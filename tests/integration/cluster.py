@@ -1,0 +1,245 @@
+"""A real little fleet for integration tests: real Redis, real ``domsnap worker``
+processes (one per host name, each with its own state dir), real QEMU domains.
+
+Nothing here fakes hypervisor work: domains are QEMU processes started by the
+qemu driver, disks are qcow2 files made by qemu-img.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from domsnap.client import Client
+from domsnap.settings import Settings
+from tests.vm.guest import ensure_guest, wait_for_tick
+
+REPO = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("DOMSNAP_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+DOMSNAP = [sys.executable, "-c", "from domsnap.cli import main; main()"]
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 300,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*DOMSNAP, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"domsnap {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class HostHandle:
+    name: str
+    root: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    def cli(self, *args: str, timeout: float = 300, check: bool = False
+            ) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.env, *args, timeout=timeout, check=check)
+
+    def domain_dir(self, uuid: str) -> Path:
+        return self.state_dir / "domains" / uuid
+
+    def console(self, uuid: str) -> Path:
+        return self.domain_dir(uuid) / "console.log"
+
+
+@dataclass
+class Domain:
+    host: HostHandle
+    name: str
+    uuid: str
+    disks: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def console(self) -> Path:
+        return self.host.console(self.uuid)
+
+    def config(self) -> dict[str, Any]:
+        import json
+
+        data: dict[str, Any] = json.loads((self.host.domain_dir(self.uuid)
+                                            / "domain.json").read_text())
+        return data
+
+    def active(self, vdev: str) -> str:
+        return str(next(d["target"] for d in self.config()["disks"] if d["vdev"] == vdev))
+
+
+class Cluster:
+    def __init__(self, base: Path, suffix: str) -> None:
+        self.base = base
+        self.suffix = suffix  # host names and the key prefix are unique per session
+        self.prefix = f"dstest-{suffix}"
+        self.hosts: dict[str, HostHandle] = {}
+        self.redis = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+
+    def env_for(self, host: str, **extra: str) -> dict[str, str]:
+        root = self.base / host
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOMSNAP_")}
+        env.update({
+            "DOMSNAP_REDIS_URL": REDIS_URL,
+            "DOMSNAP_KEY_PREFIX": self.prefix,
+            "DOMSNAP_HOST": host,
+            "DOMSNAP_STATE_DIR": str(root / "state"),
+            "DOMSNAP_SNAPSHOT_ROOTS": str(root / "images"),
+            "DOMSNAP_HEARTBEAT_S": "1",
+            "DOMSNAP_HOST_TTL_S": "4",
+            "PYTHONPATH": str(REPO),
+        })
+        if os.environ.get("DOMSNAP_QEMU_ACCEL"):
+            env["DOMSNAP_QEMU_ACCEL"] = os.environ["DOMSNAP_QEMU_ACCEL"]
+        env.update(extra)
+        return env
+
+    def host(self, name: str, **extra: str) -> HostHandle:
+        if name not in self.hosts:
+            h = HostHandle(name=name, root=self.base / name, env=self.env_for(name, **extra))
+            h.images.mkdir(parents=True, exist_ok=True)
+            self.hosts[name] = h
+        return self.hosts[name]
+
+    def settings(self, **extra: Any) -> Settings:
+        return Settings(redis_url=REDIS_URL, key_prefix=self.prefix, **extra)
+
+    def client(self, **extra: Any) -> Client:
+        return Client(self.settings(**extra))
+
+    def start_worker(self, name: str, *, concurrency: int = 2, inflight: int = 2,
+                     **extra: str) -> HostHandle:
+        h = self.host(name, **extra)
+        h.log = self.base / f"worker-{name}.log"
+        fh = open(h.log, "ab")  # noqa: SIM115 - lives as long as the worker
+        h.proc = subprocess.Popen(
+            [*DOMSNAP, "worker", "--loglevel", "INFO", "-c", str(concurrency),
+             "--inflight-concurrency", str(inflight)],
+            env=h.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        client = self.client()
+        deadline = time.monotonic() + 60
+        while not client.store.host_alive(name):
+            if h.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker {name} did not come up:\n{h.log.read_text()}")
+            time.sleep(0.2)
+        self._wait_consuming(h)
+        return h
+
+    def _wait_consuming(self, h: HostHandle) -> None:
+        """Both pools are up once their Celery nodes log 'ready'."""
+        assert h.log is not None
+        deadline = time.monotonic() + 60
+        while h.log.read_text(errors="replace").count("ready.") < 2:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {h.name} pools not ready:\n{h.log.read_text()}")
+            time.sleep(0.2)
+
+    def stop_worker(self, name: str) -> None:
+        h = self.hosts[name]
+        if h.proc is None:
+            return
+        if h.proc.poll() is None:
+            os.killpg(h.proc.pid, signal.SIGTERM)
+            try:
+                h.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(h.proc.pid, signal.SIGKILL)
+                h.proc.wait()
+        h.proc = None
+
+    # ------------------------------------------------------------ domains
+
+    def make_disk(self, h: HostHandle, name: str, *, fmt: str = "qcow2",
+                  size: str = "64M") -> Path:
+        path = h.images / f"{name}.{fmt}"
+        subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
+        return path
+
+    def create_domain(self, host: str, name: str, *, disks: int = 2, guest: bool = True,
+                      raw_disk: bool = False, memory: int = 128, start: bool = True,
+                      tick: float = 1.0) -> Domain:
+        h = self.host(host)
+        paths: dict[str, Path] = {}
+        specs = []
+        for i in range(disks):
+            vdev = f"vd{chr(ord('a') + i)}"
+            fmt = "raw" if raw_disk and i == disks - 1 else "qcow2"
+            p = self.make_disk(h, f"{name}-{vdev}", fmt=fmt)
+            paths[vdev] = p
+            specs.append(f'"{p},{fmt},{vdev},rw"')
+        dom_uuid = str(uuidlib.uuid4())
+        lines = [f'name = "{name}"', f'uuid = "{dom_uuid}"', f"memory = {memory}",
+                 "vcpus = 1", f"disk = [ {', '.join(specs)} ]"]
+        if guest:
+            kernel, initrd = ensure_guest()
+            lines += [f'kernel = "{kernel}"', f'ramdisk = "{initrd}"',
+                      f'extra = "console=ttyS0 quiet panic=-1 domsnap.tick={tick}"']
+        cfg = h.root / f"{name}.cfg"
+        cfg.write_text("\n".join(lines) + "\n")
+        if start:
+            h.cli("domain-create", str(cfg), check=True)
+        else:
+            from schemas.config import DomainConfig  # noqa: F401
+            from domsnap.xlcfg import load_domain_config
+            from workers.drivers.qemu import QemuDriver
+            from workers.runner import SubprocessRunner
+
+            QemuDriver(h.state_dir, SubprocessRunner()).define(load_domain_config(str(cfg)))
+        dom = Domain(host=h, name=name, uuid=dom_uuid, disks=paths)
+        if guest and start:
+            wait_for_tick(dom.console, 2, timeout=180)
+        return dom
+
+    def wait_inventory(self, dom: Domain, timeout: float = 30) -> None:
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                host, _ = client.resolve(dom.uuid)
+                if host == dom.host.name:
+                    return
+            except Exception:  # noqa: BLE001 - retried until the deadline
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{dom.name} never appeared in the inventory")
+            time.sleep(0.2)
+
+    def destroy_all(self) -> None:
+        for h in self.hosts.values():
+            dom_root = h.state_dir / "domains"
+            if not dom_root.is_dir():
+                continue
+            for d in dom_root.iterdir():
+                pid_file = d / "qemu.pid"
+                if pid_file.exists():
+                    try:
+                        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
+
+    def cleanup_redis(self) -> None:
+        for key in self.redis.scan_iter(f"{self.prefix}:*", count=1000):
+            self.redis.delete(key)
