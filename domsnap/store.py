@@ -8,7 +8,6 @@ use Lua scripts or MULTI/EXEC on keys of one hash tag.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,7 +60,9 @@ return 0
 """
 # KEYS: hash. ARGV: field, expected value
 _HDEL_IF = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
 return 0
 """
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from domsnap.errors import DomsnapError, OperationFailed
-from schemas.models import CreateRequest, ErrorInfo, JobRecord, RevertRequest, DeleteRequest
+from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, RevertRequest
 from workers.host import Host
 
 AnyRequest = CreateRequest | RevertRequest | DeleteRequest

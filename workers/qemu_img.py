@@ -26,7 +26,7 @@ import json
 import os
 from typing import Any
 
-from domsnap.errors import CommandFailed, InvalidInput, Refused
+from domsnap.errors import BackendError, CommandFailed, InvalidInput, Refused
 from workers.runner import Runner
 
 __all__ = ["QemuImg", "StrPath"]
@@ -135,6 +135,15 @@ class QemuImg:
             raise Refused(
                 f"refusing to create image {os.fspath(path)}: the file already exists",
                 path=os.fspath(path),
+            ) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise InvalidInput(
+                f"cannot create image {os.fspath(path)}: its directory does not exist",
+                field="path",
+            ) from None
+        except OSError as exc:
+            raise BackendError(
+                f"cannot create image {os.fspath(path)}: {exc.strerror}", path=os.fspath(path)
             ) from None
         os.close(fd)
         args = ["create", "-q", "-f", fmt]

@@ -7,8 +7,9 @@ Xen libxl talks to the same socket: connect, do the work, close at once.
 
 Commands carry an ``id``; a reply is matched by it, so a late reply to a command
 that timed out earlier is dropped instead of being taken for the next one.
-Events that arrive while waiting are queued in :attr:`QMPClient.events` and
-consumed by :meth:`QMPClient.wait_event`.
+Events that arrive while waiting are queued in :attr:`QMPClient.events` (dicts
+with "event", "data" (``{}`` when QEMU sends none) and "timestamp") and consumed
+by :meth:`QMPClient.wait_event`.
 
 Errors (all from :mod:`domsnap.errors`, all naming the socket path)::
 
@@ -226,6 +227,7 @@ class QMPClient:
             if "event" not in msg:
                 log.debug("QMP %s: dropping unexpected reply %s", self.path, msg)
                 continue
+            msg.setdefault("data", {})
             if wanted(msg):
                 return msg
             self._queue(msg)
@@ -296,6 +298,7 @@ class QMPClient:
             )
 
     def _queue(self, event: dict[str, Any]) -> None:
+        event.setdefault("data", {})  # STOP, RESUME, ... come without: same shape for all
         self.events.append(event)
         if len(self.events) > MAX_QUEUED_EVENTS:
             del self.events[: len(self.events) - MAX_QUEUED_EVENTS]

@@ -24,7 +24,7 @@ from domsnap.errors import DomsnapError
 from domsnap.settings import Settings
 from schemas.models import HostInventory
 from workers.host import Host, build_host
-from workers.recovery import recover, reconcile
+from workers.recovery import reconcile, recover
 from workers.routing import host_queue, inflight_queue
 
 log = logging.getLogger("domsnap.worker")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_missing_binary_is_127(run: SubprocessRunner) -> None:
     assert info.value.argv == ["domsnap-no-such-binary", "x"]
 
 
-def test_not_executable_is_126(run: SubprocessRunner, tmp_path: os.PathLike[str]) -> None:
+def test_not_executable_is_126(run: SubprocessRunner, tmp_path: Path) -> None:
     script = os.path.join(tmp_path, "script")
     with open(script, "w") as f:
         f.write("#!/bin/sh\n")

@@ -17,7 +17,14 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import DomsnapError, InvalidInput, OperationTimeout, QMPError, Refused, UnknownDomain
+from domsnap.errors import (
+    DomsnapError,
+    InvalidInput,
+    OperationTimeout,
+    QMPError,
+    Refused,
+    UnknownDomain,
+)
 from schemas.config import DomainConfig
 from schemas.models import DiskInfo, DomainInfo
 from workers.accel import accelerators
@@ -32,6 +39,14 @@ MEM_FD = "domsnap-mem"
 def _event_time(ev: dict[str, Any]) -> float:
     ts = ev.get("timestamp") or {}
     return float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class QemuDriver(Driver):
@@ -251,12 +266,17 @@ class QemuDriver(Driver):
             if info.get("status") != "completed":
                 raise QMPError(f"memory save failed: {info.get('error-desc', info.get('status'))}",
                                sent="migrate-continue", received=info)
-            result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
-            result.memory_bytes = memory_file.stat().st_size
+            # `completed` can come while the run state is still finish-migrate, when a
+            # `cont` fails with "Migration is not finalized yet" (seen about 1 in 70).
+            q.poll("query-status", None, until=lambda r: r.get("status") != "finish-migrate",
+                   timeout=30, interval=0.001)
             # A completed migration inactivates the block nodes; `cont` activates them again.
             if was_running:
                 q.execute("cont")
                 resumed = True
+            result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
+            _fsync(memory_file)  # QEMU does not sync what it wrote
+            result.memory_bytes = memory_file.stat().st_size
         except BaseException:
             self._abort_migration(q)
             if disks_taken:
