@@ -126,7 +126,7 @@ def snapshot_create(name: str | None, disk_only: bool, description: str | None,
 
     config = load_snapshot_config(config_file) if config_file else None
     job_id = _client().create(domain, name=name, description=description, disk_only=disk_only,
-                              type=snap_type, config=config)  # type: ignore[arg-type]
+                              type=snap_type, config=config)
     if _submitted(job_id, no_wait=no_wait, as_json=as_json):
         return
 
@@ -187,7 +187,7 @@ def snapshot_revert(name: str, start: str | None, no_wait: bool, timeout: float 
     A disk-only snapshot reverts the disks and leaves the domain shut off unless
     --running or --paused.
     """
-    job_id = _client().revert(domain, name, start)  # type: ignore[arg-type]
+    job_id = _client().revert(domain, name, start)
     if _submitted(job_id, no_wait=no_wait, as_json=as_json):
         return
     _wait_and_print(job_id, as_json=as_json, timeout=timeout,
@@ -311,6 +311,24 @@ def domain_start(paused: bool, domain: str) -> None:
     host = _qemu()
     uuid = host.driver.find(domain)
     host.driver.start(uuid, host.driver.domain_config(uuid), paused=paused)
+    _publish(host)
+
+
+@main.command("domain-pause")
+@click.argument("domain")
+def domain_pause(domain: str) -> None:
+    """Pause a running domain (qemu driver)."""
+    host = _qemu()
+    host.driver.pause(host.driver.find(domain))
+    _publish(host)
+
+
+@main.command("domain-unpause")
+@click.argument("domain")
+def domain_unpause(domain: str) -> None:
+    """Unpause a paused domain (qemu driver)."""
+    host = _qemu()
+    host.driver.unpause(host.driver.find(domain))
     _publish(host)
 
 

@@ -91,7 +91,9 @@ class Store:
     """Typed access to domsnap's Redis data."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = "domsnap", job_ttl_s: int = 604800):
-        self.r = client
+        # redis-py types every reply as ``T | Awaitable[T]`` (sync and async share stubs);
+        # this store is sync-only, so the client is used untyped here.
+        self.r: Any = client
         self.keys = Keys(prefix)
         self.job_ttl_s = job_ttl_s
         self._reserve = client.register_script(_RESERVE)

@@ -159,6 +159,22 @@ class QemuImg:
                 os.unlink(target)
             raise
 
+    def copy_out_snapshot(self, path: StrPath, name: str, target: StrPath) -> None:
+        """Write internal snapshot ``name`` of ``path`` into a new standalone qcow2 image
+        (``convert -l snapshot.name=NAME``): a snapshot that lives in an image which is
+        now a backing file can be reverted to without touching that image."""
+        dst = _path_arg(target)
+        if os.path.lexists(dst):
+            raise Refused(f"image {os.fspath(target)} exists already; not overwriting it",
+                          path=os.fspath(target))
+        try:
+            self._run("convert", "-q", "-U", "-f", QCOW2, "-O", QCOW2, "-l",
+                      f"snapshot.name={name}", _path_arg(path), dst)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dst)
+            raise
+
     # -- internal snapshots (qcow2) --------------------------------------------
 
     def _snapshot(self, flag: str, path: StrPath, name: str) -> None:

@@ -52,8 +52,9 @@ def _recover_one(host: Host, entry: dict[str, object]) -> None:
     body = entry["request"]
     assert isinstance(body, dict)
     op = body.get("op")
-    model = {"create": CreateRequest, "revert": RevertRequest, "delete": DeleteRequest}[str(op)]
-    req = model.model_validate(body)
+    models: dict[str, type[CreateRequest] | type[RevertRequest] | type[DeleteRequest]] = {
+        "create": CreateRequest, "revert": RevertRequest, "delete": DeleteRequest}
+    req = models[str(op)].model_validate(body)
     plan = entry.get("plan")
     assert isinstance(plan, dict)
     uuid = req.domain
@@ -70,7 +71,7 @@ def _recover_one(host: Host, entry: dict[str, object]) -> None:
             return
         except UnknownSnapshot:
             pass
-        disks = [DiskOp(**d) for d in plan.get("disks", [])]  # type: ignore[union-attr]
+        disks = [DiskOp(**d) for d in plan.get("disks", [])]
         for op in disks:
             try:
                 if op.type == "internal" and req.name in host.img.snapshot_list(
@@ -88,7 +89,7 @@ def _recover_one(host: Host, entry: dict[str, object]) -> None:
                         Path(op.target).unlink(missing_ok=True)
             except DomsnapError as exc:
                 log.error("rollback of %s on %s: %s", op.vdev, uuid, exc)
-        mem = plan.get("memory_file")  # type: ignore[union-attr]
+        mem = plan.get("memory_file")
         if mem:
             Path(str(mem)).unlink(missing_ok=True)
         host.files.remove_sidecar(uuid, req.name)

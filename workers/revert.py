@@ -1,7 +1,8 @@
 """Snapshot revert: the domain comes back in the exact state of the snapshot.
 
-Internal disk snapshots are applied in place (``qemu-img snapshot -a``) on the
-image the domain uses now; an external one gets a fresh overlay on the
+Internal disk snapshots are applied in place (``qemu-img snapshot -a``) when they
+live in the image the domain uses now, or copied out into a new image
+(``qemu-img convert -l``) when that image has since become a backing file; an external one gets a fresh overlay on the
 snapshot's frozen image, so every later snapshot stays intact (a new branch).
 With a memory image the domain is restored from it; a disk-only snapshot leaves
 the domain shut off unless asked to start it.
@@ -30,14 +31,16 @@ def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, A
     for disk in rec.disks:
         if not os.path.exists(disk.file):
             raise Refused(f"snapshot {rec.name}: image {disk.file} of {disk.vdev} is missing")
-        if disk.type == "internal":
-            if active.get(disk.vdev) != disk.file:
-                raise Refused(
-                    f"snapshot {rec.name}: the internal snapshot of {disk.vdev} lives in "
-                    f"{disk.file}, which is no longer the disk's active image "
-                    f"({active.get(disk.vdev)}); applying it would corrupt the images above it")
+        if disk.type == "internal" and active.get(disk.vdev) == disk.file:
             steps.append({"op": "apply", "vdev": disk.vdev, "path": disk.file})
             new_paths[disk.vdev] = disk.file
+        elif disk.type == "internal":
+            # The image is now a backing file: applying the snapshot in place would
+            # corrupt every image above it, so copy the snapshot out into a new image.
+            copy = snapdir / f"{rec.name}.{disk.vdev}.r{req.job_id[:8]}.qcow2"
+            steps.append({"op": "copyout", "vdev": disk.vdev, "path": str(copy),
+                          "source": disk.file})
+            new_paths[disk.vdev] = str(copy)
         else:
             overlay = snapdir / f"{rec.name}.{disk.vdev}.r{req.job_id[:8]}.qcow2"
             steps.append({"op": "overlay", "vdev": disk.vdev, "path": str(overlay),
@@ -46,6 +49,7 @@ def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, A
     if not rec.disk_only and (not rec.memory_file or not os.path.exists(rec.memory_file)):
         raise Refused(f"snapshot {rec.name}: its memory image {rec.memory_file} is missing")
     config = _config_after(rec, current, new_paths)
+    final: str
     if req.start is not None:
         final = req.start
     elif rec.disk_only:
@@ -77,6 +81,7 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
     config = DomainConfig.model_validate(plan["config"])
     made: list[str] = []
     try:
+        host.files.domain_dir(req.domain)
         if host.driver.is_active(req.domain):
             emit("stop", "stopping the domain")
             host.driver.destroy(req.domain)
@@ -84,6 +89,11 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
             if step["op"] == "apply":
                 emit("disk", f"{step['vdev']}: applying internal snapshot {req.name}")
                 host.img.snapshot_apply(step["path"], req.name)
+            elif step["op"] == "copyout":
+                emit("disk", f"{step['vdev']}: copying internal snapshot {req.name} out of "
+                     f"{step['source']} (now a backing image)")
+                made.append(step["path"])
+                host.img.copy_out_snapshot(step["source"], req.name, step["path"])
             else:
                 emit("disk", f"{step['vdev']}: new overlay on {step['backing']}")
                 host.img.create(step["path"], fmt="qcow2", backing=step["backing"],

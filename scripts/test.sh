@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite: lint, unit, integration (real Redis, real
+# worker processes, real QEMU), vm (a real Linux guest). Prints how long each suite
+# took; exits non-zero if any suite failed or ran no test.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+t0=$(date +%s)
+bash scripts/setup.sh || { echo "setup failed" >&2; exit 1; }
+echo "setup: $(( $(date +%s) - t0 )) s"
+
+export PYTHONDONTWRITEBYTECODE=1
+declare -a names=() secs=() results=()
+failed=0
+
+run_suite() {
+    local name=$1; shift
+    local start rc
+    start=$(date +%s)
+    echo
+    echo "===== suite: $name ====="
+    "$@"
+    rc=$?
+    if [[ $rc -eq 5 ]]; then
+        echo "suite $name ran no test" >&2
+    fi
+    names+=("$name"); secs+=("$(( $(date +%s) - start ))")
+    if [[ $rc -eq 0 ]]; then results+=("ok"); else results+=("FAILED (exit $rc)"); failed=1; fi
+}
+
+run_suite lint bash -c '.venv/bin/ruff check domsnap workers tasks schemas tests \
+    && .venv/bin/mypy && .venv/bin/python -m schemas.export --check'
+run_suite unit .venv/bin/pytest -q -p no:cacheprovider tests/unit
+run_suite integration .venv/bin/pytest -q -p no:cacheprovider tests/integration
+run_suite vm .venv/bin/pytest -q -p no:cacheprovider tests/vm
+
+echo
+echo "===== suite times ====="
+for i in "${!names[@]}"; do
+    printf '%-12s %5s s  %s\n' "${names[$i]}" "${secs[$i]}" "${results[$i]}"
+done
+printf '%-12s %5s s\n' total "$(( $(date +%s) - t0 ))"
+exit $failed
