@@ -202,8 +202,8 @@ class Cluster:
         if start:
             h.cli("domain-create", str(cfg), check=True)
         else:
-            from schemas.config import DomainConfig  # noqa: F401
             from domsnap.xlcfg import load_domain_config
+            from schemas.config import DomainConfig  # noqa: F401
             from workers.drivers.qemu import QemuDriver
             from workers.runner import SubprocessRunner
 
