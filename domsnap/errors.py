@@ -56,6 +56,7 @@ class InvalidInput(DomsnapError):
 
     code = "invalid_input"
     exit_code = 2
+    field: str | None = None
 
     def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
         super().__init__(message, field=field, **details)
@@ -64,6 +65,9 @@ class InvalidInput(DomsnapError):
 
 class ConfigFileError(InvalidInput):
     code = "config_file"
+    line: int | None = None
+    key: str | None = None
+    reason: str = ""
 
     def __init__(
         self,
@@ -75,7 +79,8 @@ class ConfigFileError(InvalidInput):
     ) -> None:
         where = ":".join(str(p) for p in (path or "<config>", line) if p is not None)
         prefix = f"{where}: " + (f"{key}: " if key else "")
-        super().__init__(prefix + reason, field=key, path=path, line=line, reason=reason)
+        super().__init__(prefix + reason, field=key, path=path, line=line, key=key,
+                         reason=reason)
         self.line = line
         self.key = key
         self.reason = reason
@@ -135,6 +140,10 @@ class CommandFailed(BackendError):
     """A subprocess failed; keeps argv, exit code and stderr."""
 
     code = "command_failed"
+    argv: list[str] = []  # noqa: RUF012 - replaced per instance
+    returncode: int | None = None
+    stderr: str = ""
+    stdout: str = ""
 
     def __init__(
         self, argv: list[str], returncode: int | None, stderr: str, stdout: str = ""
@@ -157,6 +166,9 @@ class QMPError(BackendError):
     """A QMP exchange failed; keeps what was sent and what came back."""
 
     code = "qmp"
+    sent: Any = None
+    received: Any = None
+    error_class: str | None = None
 
     def __init__(
         self,
@@ -187,6 +199,8 @@ class OperationFailed(DomsnapError):
 
 
 _BY_CODE: dict[str, type[DomsnapError]] = {}
+# attributes each class keeps in ``details`` and gets back in :func:`from_dict`
+_ATTRS: dict[type[DomsnapError], tuple[str, ...]] = {}
 
 
 def _register(cls: type[DomsnapError]) -> None:
@@ -196,13 +210,22 @@ def _register(cls: type[DomsnapError]) -> None:
 
 
 _register(DomsnapError)
+for _cls in _BY_CODE.values():
+    _ATTRS[_cls] = tuple(k for c in _cls.__mro__ for k in getattr(c, "__annotations__", {})
+                         if k not in ("code", "exit_code"))
 
 
 def from_dict(data: dict[str, Any]) -> DomsnapError:
-    """Rebuild an error that crossed the queue as JSON (class by code, never by import)."""
+    """Rebuild an error that crossed the queue as JSON (class by code, never by import).
+
+    The class's own attributes (``field``, ``argv``, ``sent``...) come back from
+    ``details``, where each class keeps them."""
     cls = _BY_CODE.get(str(data.get("code", "")), DomsnapError)
     err = DomsnapError.__new__(cls)
     Exception.__init__(err, str(data.get("message", "")))
     err.message = str(data.get("message", ""))
     err.details = dict(data.get("details") or {})
+    for key, value in err.details.items():
+        if key in _ATTRS.get(cls, ()):
+            setattr(err, key, value)
     return err

@@ -17,8 +17,10 @@ import redis
 from pydantic import ValidationError
 
 from domsnap.errors import (
+    BackendError,
     DomainLocked,
     HostUnavailable,
+    InvalidInput,
     SchemaMismatch,
     SnapshotExists,
     StoreUnavailable,
@@ -79,12 +81,15 @@ def _translated(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 def _load(model: type[T], raw: str | bytes, what: str) -> T:
+    """A record from its JSON; another schema version is SchemaMismatch, anything else
+    that does not parse is a corrupt record (BackendError), never a pydantic error."""
     try:
         return model.model_validate_json(raw)  # type: ignore[attr-defined, no-any-return]
     except ValidationError as exc:
-        if "schema_version" in str(exc):
-            raise SchemaMismatch(f"{what}: {exc.errors()[0]['msg']}") from exc
-        raise
+        for err in exc.errors():
+            if tuple(err["loc"]) == ("schema_version",):
+                raise SchemaMismatch(f"{what}: {err['msg']}") from exc
+        raise BackendError(f"{what}: corrupt record in Redis: {exc.errors()[0]['msg']}") from exc
 
 
 class Store:
@@ -229,7 +234,11 @@ class Store:
                     if raw is None:
                         raise UnknownJob(f"no job {job_id}", job_id=job_id)
                     job = _load(JobRecord, raw, f"job {job_id}")
-                    job = job.model_validate({**job.model_dump(), **changes})
+                    try:
+                        job = job.model_validate({**job.model_dump(), **changes})
+                    except ValidationError as exc:
+                        raise InvalidInput(f"job {job_id}: bad update: {exc.errors()[0]['msg']}",
+                                           field=str(exc.errors()[0]["loc"][0])) from exc
                     pipe.multi()
                     pipe.set(key, job.model_dump_json(), ex=self.job_ttl_s)
                     pipe.execute()
@@ -253,7 +262,7 @@ class Store:
     @_translated
     def events(self, job_id: str, start: int = 0) -> list[JobEvent]:
         raw = self.r.lrange(self.keys.job_events(job_id), start, -1)
-        return [JobEvent.model_validate_json(x) for x in raw]
+        return [_load(JobEvent, x, f"event of job {job_id}") for x in raw]
 
     # ------------------------------------------------------------ inventory
 
@@ -267,8 +276,8 @@ class Store:
                          px=int(ttl_s * 1000))
             pipe.sadd(self.keys.hosts, inv.host)
             for dom in inv.domains:
-                pipe.hset(self.keys.index_uuid, dom.uuid, inv.host)
-                pipe.hset(self.keys.index_name, dom.name, dom.uuid)
+                pipe.hset(self.keys.index_uuid, dom.uuid.lower(), inv.host)
+                pipe.hset(self.keys.index_name, dom.name, dom.uuid.lower())
             pipe.execute()
 
     @_translated

@@ -40,7 +40,8 @@ def check_uuid(value: str) -> str:
 class _Versioned(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = Field(default=SCHEMA_VERSION,
+                                json_schema_extra={"const": SCHEMA_VERSION})
 
     @field_validator("schema_version")
     @classmethod
@@ -57,11 +58,15 @@ class _Versioned(BaseModel):
 
 
 class _Request(_Versioned):
-    job_id: str = Field(description="UUID chosen by the submitter; makes redelivery harmless")
-    domain: str = Field(description="domain UUID (resolved by the submitter)")
+    job_id: str = Field(description="UUID chosen by the submitter; makes redelivery harmless",
+                        json_schema_extra={"format": "uuid"})
+    domain: str = Field(description="domain UUID (resolved by the submitter)",
+                        json_schema_extra={"format": "uuid"})
     domain_name: str = ""
     host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.-]+$")
-    name: str = Field(description="snapshot name")
+    name: str = Field(description="snapshot name: a file name component",
+                      json_schema_extra={"pattern": SNAPSHOT_NAME_RE.pattern,
+                                         "not": {"enum": [".", ".."]}})
     submitted_at: float = 0.0
 
     _uuid_fields = field_validator("job_id", "domain")(check_uuid)

@@ -8,6 +8,7 @@ top node is whatever the snapshot created).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -49,6 +50,8 @@ def snapshot_actions(nodes: list[dict[str, Any]], name: str,
 
 
 def overlay_node_name(vdev: str, name: str) -> str:
-    """A QMP node name (letters, digits, - . _; at most 31 chars) for a new overlay."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-    return f"ds-{vdev}-{safe}"[:31]
+    """A QMP node name (letters, digits, ``- . _``; at most 31 chars) for a new overlay,
+    unique per snapshot name: a readable prefix plus a hash of the whole name."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"ds-{vdev[:8]}-{safe[:10]}-{digest}"

@@ -113,13 +113,16 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
         emit("resumed", f"domain back to {live.domain_state}; paused {live.pause_ms} ms")
         # all disks went in one atomic transaction: each took the transaction's time
         per_disk = {d.vdev: max(live.disk_ms.values(), default=0.0) for d in disks}
-        return commit(host, req, plan, disk_ms=per_disk, pause_ms=live.pause_ms,
-                      memory_save_ms=live.memory_save_ms, memory_bytes=live.memory_bytes,
-                      domain_state=live.domain_state)
+        result = commit(host, req, plan, disk_ms=per_disk, pause_ms=live.pause_ms,
+                        memory_save_ms=live.memory_save_ms, memory_bytes=live.memory_bytes,
+                        domain_state=live.domain_state)
     except BaseException as exc:
         _rollback(host, req, plan, live_taken=captured)
         jobs.fail(host, req, exc)
         raise
+    # Past this point the snapshot is ready: a failure to report it must not undo it.
+    jobs.succeed(host, req, result)
+    return result
 
 
 def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> dict[str, Any]:
@@ -152,20 +155,25 @@ def finish_offline(host: Host, req: CreateRequest, plan: dict[str, Any],
         failed = [r for r in results if not r.get("ok")]
         if failed:
             raise OperationFailed("; ".join(f"{r['vdev']}: {r['error']}" for r in failed))
-        return commit(host, req, plan, disk_ms={r["vdev"]: r["ms"] for r in results},
-                      pause_ms=None, memory_save_ms=None, memory_bytes=None,
-                      domain_state="shutoff")
+        result = commit(host, req, plan, disk_ms={r["vdev"]: r["ms"] for r in results},
+                        pause_ms=None, memory_save_ms=None, memory_bytes=None,
+                        domain_state="shutoff")
     except BaseException as exc:
         done = {r["vdev"] for r in results if r.get("ok")}
         _rollback(host, req, plan, live_taken=False, offline_done=done)
         jobs.fail(host, req, exc)
         raise
+    jobs.succeed(host, req, result)
+    return result
 
 
 def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dict[str, float],
            pause_ms: float | None, memory_save_ms: float | None, memory_bytes: int | None,
            domain_state: str) -> dict[str, Any]:
-    """All parts exist: point the domain at new overlays, write sidecar then Redis."""
+    """All parts exist: point the domain at new overlays, write sidecar then Redis.
+
+    The Redis write is the moment the snapshot becomes visible (``ready``); the
+    caller reports success only after it."""
     config = DomainConfig.model_validate(plan["config"])
     disks = _ops(plan)
     new_cfg = config.model_copy(update={"disks": [
@@ -193,7 +201,6 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
     result = {"name": record.name, "pause_ms": pause_ms, "memory_save_ms": memory_save_ms,
               "memory_bytes": memory_bytes, "disk_only": record.disk_only,
               "disks": [s.model_dump(mode="json") for s in snaps]}
-    jobs.succeed(host, req, result)
     return result
 
 

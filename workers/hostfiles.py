@@ -114,6 +114,8 @@ class HostFiles:
         out: dict[str, str] = {}
         if self.pause_dir.is_dir():
             for p in self.pause_dir.iterdir():
+                if p.name.startswith("."):
+                    continue  # a marker being written (or left by a crash mid-write)
                 try:
                     out[p.name] = str(json.loads(p.read_text())["job_id"])
                 except (OSError, ValueError, KeyError):

@@ -2,8 +2,9 @@
 
 Internal disk snapshots are applied in place (``qemu-img snapshot -a``) when they
 live in the image the domain uses now, or copied out into a new image
-(``qemu-img convert -l``) when that image has since become a backing file; an external one gets a fresh overlay on the
-snapshot's frozen image, so every later snapshot stays intact (a new branch).
+(``qemu-img convert -l``) when that image has since become a backing file. An
+external one gets a fresh overlay on the snapshot's frozen image, so every later
+snapshot stays intact (a new branch).
 With a memory image the domain is restored from it; a disk-only snapshot leaves
 the domain shut off unless asked to start it.
 """

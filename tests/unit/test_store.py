@@ -37,12 +37,13 @@ J2 = "22222222-2222-4222-8222-222222222222"
 
 
 @pytest.fixture
-def r() -> fakeredis.FakeRedis:
+def r() -> Any:
+    """A fresh fakeredis (typed Any: redis-py's stubs type replies as sync | async)."""
     return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
 
 
 @pytest.fixture
-def store(r: fakeredis.FakeRedis) -> Store:
+def store(r: Any) -> Store:
     return Store(r, job_ttl_s=3600)
 
 
@@ -71,14 +72,14 @@ def inventory(host: str = "h1", domains: list[DomainInfo] | None = None) -> Host
 # ---------------------------------------------------------------- names
 
 
-def test_reserve_name_ok_and_same_job_again(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_reserve_name_ok_and_same_job_again(store: Store, r: Any) -> None:
     store.reserve_name(U, "s1", J1)
     assert r.hget(store.keys.reserved(U), "s1") == J1
     store.reserve_name(U, "s1", J1)  # redelivered create: harmless
     assert r.hgetall(store.keys.reserved(U)) == {"s1": J1}
 
 
-def test_reserve_name_by_other_job_names_the_owner(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_reserve_name_by_other_job_names_the_owner(store: Store, r: Any) -> None:
     store.reserve_name(U, "s1", J1)
     with pytest.raises(SnapshotExists) as info:
         store.reserve_name(U, "s1", J2)
@@ -88,7 +89,7 @@ def test_reserve_name_by_other_job_names_the_owner(store: Store, r: fakeredis.Fa
     assert r.hget(store.keys.reserved(U), "s1") == J1  # unchanged
 
 
-def test_reserve_name_of_existing_record(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_reserve_name_of_existing_record(store: Store, r: Any) -> None:
     store.commit_snapshot(rec("s1"))
     with pytest.raises(SnapshotExists) as info:
         store.reserve_name(U, "s1", J2)
@@ -101,7 +102,7 @@ def test_reserve_name_is_per_domain(store: Store) -> None:
     store.reserve_name(U2, "s1", J2)  # same name, other domain: fine
 
 
-def test_release_name_only_by_owner(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_release_name_only_by_owner(store: Store, r: Any) -> None:
     store.reserve_name(U, "s1", J1)
     store.release_name(U, "s1", J2)
     assert r.hget(store.keys.reserved(U), "s1") == J1
@@ -115,7 +116,7 @@ def test_release_name_only_by_owner(store: Store, r: fakeredis.FakeRedis) -> Non
 # ---------------------------------------------------------------- locks
 
 
-def test_acquire_lock_owner_reacquires(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_acquire_lock_owner_reacquires(store: Store, r: Any) -> None:
     store.acquire_lock(U, J1, 60)
     assert store.lock_owner(U) == J1
     assert 0 < r.ttl(store.keys.lock(U)) <= 60
@@ -153,7 +154,7 @@ def test_locks_are_per_domain(store: Store) -> None:
 # ---------------------------------------------------------------- snapshot records
 
 
-def test_commit_makes_current_and_drops_reservation(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_commit_makes_current_and_drops_reservation(store: Store, r: Any) -> None:
     store.reserve_name(U, "s1", J1)
     record = rec("s1")
     store.commit_snapshot(record, job_id=J1)
@@ -162,7 +163,7 @@ def test_commit_makes_current_and_drops_reservation(store: Store, r: fakeredis.F
     assert not r.hexists(store.keys.reserved(U), "s1")
 
 
-def test_commit_is_one_transaction(store: Store, r: fakeredis.FakeRedis,
+def test_commit_is_one_transaction(store: Store, r: Any,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """All three writes go through one MULTI/EXEC pipeline."""
     seen: list[tuple[bool, list[str]]] = []
@@ -241,7 +242,7 @@ def test_put_snapshots_current_handling(store: Store) -> None:
 # ---------------------------------------------------------------- jobs
 
 
-def test_create_job_is_idempotent(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_create_job_is_idempotent(store: Store, r: Any) -> None:
     first = job()
     assert store.create_job(first) is True
     assert store.create_job(job(name="other")) is False  # NX: first write wins
@@ -249,7 +250,7 @@ def test_create_job_is_idempotent(store: Store, r: fakeredis.FakeRedis) -> None:
     assert 3500 < r.ttl(store.keys.job(J1)) <= 3600
 
 
-def test_update_job(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_update_job(store: Store, r: Any) -> None:
     store.create_job(job())
     r.expire(store.keys.job(J1), 10)
     updated = store.update_job(J1, state="running", started_at=101.0)
@@ -277,7 +278,7 @@ def test_get_unknown_job(store: Store) -> None:
 # ---------------------------------------------------------------- events
 
 
-def test_event_seq_strictly_increasing_across_jobs(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_event_seq_strictly_increasing_across_jobs(store: Store, r: Any) -> None:
     events = [store.add_event(j, f"step{i}", f"m{i}", {"i": i})
               for i, j in enumerate([J1, J2, J1, J2, J1])]
     seqs = [e.seq for e in events]
@@ -321,7 +322,7 @@ def test_domain_gone_from_inventory_is_unknown(store: Store) -> None:
         store.resolve_domain("domu")
 
 
-def test_alive_ttl_and_withdraw(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_alive_ttl_and_withdraw(store: Store, r: Any) -> None:
     store.publish_inventory(inventory(), ttl_s=20)
     assert store.host_alive("h1")
     assert 19_000 < r.pttl(store.keys.alive("h1")) <= 20_000
@@ -360,7 +361,7 @@ def _other_version(model_json: str) -> str:
     return json.dumps(data)
 
 
-def test_snapshot_record_of_other_version(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_snapshot_record_of_other_version(store: Store, r: Any) -> None:
     r.hset(store.keys.snapshots(U), "s1", _other_version(rec("s1").model_dump_json()))
     with pytest.raises(SchemaMismatch) as info:
         store.get_snapshot(U, "s1")
@@ -369,7 +370,7 @@ def test_snapshot_record_of_other_version(store: Store, r: fakeredis.FakeRedis) 
         store.list_snapshots(U)
 
 
-def test_job_and_inventory_of_other_version(store: Store, r: fakeredis.FakeRedis) -> None:
+def test_job_and_inventory_of_other_version(store: Store, r: Any) -> None:
     r.set(store.keys.job(J1), _other_version(job().model_dump_json()))
     with pytest.raises(SchemaMismatch) as info:
         store.get_job(J1)
@@ -382,7 +383,7 @@ def test_job_and_inventory_of_other_version(store: Store, r: fakeredis.FakeRedis
 
 
 def test_future_record_with_new_field_is_schema_mismatch(store: Store,
-                                                         r: fakeredis.FakeRedis) -> None:
+                                                         r: Any) -> None:
     data = json.loads(rec("s1").model_dump_json())
     data.update(schema_version=2, added_in_v2=True)
     r.hset(store.keys.snapshots(U), "s1", json.dumps(data))
@@ -403,7 +404,7 @@ def _corrupt(kind: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["not json", "missing field", "wrong type"])
-def test_corrupt_current_version_record(store: Store, r: fakeredis.FakeRedis,
+def test_corrupt_current_version_record(store: Store, r: Any,
                                         kind: str) -> None:
     """A damaged record of *this* schema version must come out as a DomsnapError
     (errors.py: every failure leaving a domsnap module is one; redis/pydantic errors
@@ -435,7 +436,7 @@ def test_domain_keys_share_the_uuid_hash_tag() -> None:
 
 
 def test_store_writes_domain_keys_under_its_hash_tag(store: Store,
-                                                     r: fakeredis.FakeRedis) -> None:
+                                                     r: Any) -> None:
     store.reserve_name(U, "s1", J1)
     store.acquire_lock(U, J1, 60)
     store.commit_snapshot(rec("s1"))
@@ -446,7 +447,7 @@ def test_store_writes_domain_keys_under_its_hash_tag(store: Store,
         assert key[key.index("{") + 1:key.index("}")] == U
 
 
-def test_prefix_is_used(r: fakeredis.FakeRedis) -> None:
+def test_prefix_is_used(r: Any) -> None:
     s = Store(r, prefix="other")
     s.acquire_lock(U, J1, 60)
     assert r.keys("*") == [f"other:dom:{{{U}}}:lock"]
