@@ -275,6 +275,21 @@ def _qemu() -> Any:
     return host
 
 
+def _unlocked(host: Any, domain: str) -> str:
+    """The domain's uuid, refusing while a snapshot operation holds its lock."""
+    from domsnap.errors import DomainLocked
+
+    uuid: str = host.driver.find(domain)
+    try:
+        owner = host.store.lock_owner(uuid)
+    except DomsnapError:
+        owner = None  # no Redis: nothing can be running through the queue either
+    if owner:
+        raise DomainLocked(f"domain {domain} is busy: job {owner} is running a snapshot "
+                           "operation on it", domain=uuid, job_id=owner)
+    return uuid
+
+
 def _publish(host: Any) -> None:
     from workers.runtime import publish
 
@@ -319,7 +334,7 @@ def domain_start(paused: bool, domain: str) -> None:
 def domain_pause(domain: str) -> None:
     """Pause a running domain (qemu driver)."""
     host = _qemu()
-    host.driver.pause(host.driver.find(domain))
+    host.driver.pause(_unlocked(host, domain))
     _publish(host)
 
 
@@ -328,7 +343,7 @@ def domain_pause(domain: str) -> None:
 def domain_unpause(domain: str) -> None:
     """Unpause a paused domain (qemu driver)."""
     host = _qemu()
-    host.driver.unpause(host.driver.find(domain))
+    host.driver.unpause(_unlocked(host, domain))
     _publish(host)
 
 
@@ -352,7 +367,7 @@ def domain_list(as_json: bool) -> None:
 def domain_destroy(undefine: bool, domain: str) -> None:
     """Stop a domain at once (qemu driver); it stays known, shut off."""
     host = _qemu()
-    uuid = host.driver.find(domain)
+    uuid = _unlocked(host, domain)
     if undefine:
         host.driver.undefine(uuid)
     else:

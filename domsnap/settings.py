@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     snapshot_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     host: str = Field(default_factory=socket.gethostname)
-    driver: Literal["qemu", "xl", "null"] = "qemu"
+    driver: Literal["qemu", "xl"] = "qemu"
 
     job_ttl_s: int = 7 * 24 * 3600
     heartbeat_s: float = 5.0

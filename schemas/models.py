@@ -78,7 +78,7 @@ class DiskChoice(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    vdev: str = Field(pattern=r"^[a-z]{1,4}[a-z0-9]{0,8}$")
+    vdev: str = Field(pattern=r"^[A-Za-z0-9_]{1,32}$")
     type: SnapshotType | None = None
     format: DiskFormat | None = None
     target: str | None = None
@@ -201,7 +201,7 @@ class JobRecord(_Versioned):
     result: dict[str, Any] | None = None
 
 
-class JobEvent(BaseModel):
+class JobEvent(_Versioned):
     job_id: str
     seq: int
     ts: float

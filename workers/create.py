@@ -102,8 +102,7 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
     disks = _ops(plan)
     captured = False
     try:
-        if memory is not None:
-            host.files.domain_dir(req.domain)
+        host.files.domain_dir(req.domain)  # memory file, default overlays, sidecar
         emit("capture", f"snapshotting {len(disks)} disk(s)" +
              (" and memory" if memory else ""))
         live = host.driver.capture(req.domain, name=req.name, memory_file=memory, disks=disks,
@@ -133,6 +132,7 @@ def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> di
     try:
         if host.driver.is_active(req.domain):
             raise Refused("the domain started while its disks were being snapshotted offline")
+        host.files.domain_dir(req.domain)
         if op.type == "internal":
             if req.name in host.img.snapshot_list(op.path):
                 raise SnapshotExists(f"{op.path} already holds an internal snapshot {req.name!r}")

@@ -58,17 +58,22 @@ def _recover_one(host: Host, entry: dict[str, object]) -> None:
     plan = entry.get("plan")
     assert isinstance(plan, dict)
     uuid = req.domain
-    if uuid in host.files.pausing_jobs():
+    if host.files.pausing_jobs().get(uuid) == req.job_id:
+        # It was running when admitted and this job may have paused it: resume it
+        # (the driver cancels a memory save left at the switchover first).
         try:
-            if host.driver.domain_info(uuid).state == "paused":
+            if plan.get("domain_state", plan.get("was")) == "running" and \
+                    host.driver.is_active(uuid):
                 host.driver.unpause(uuid)
         except DomsnapError as exc:
             log.error("could not resume %s: %s", uuid, exc)
     if isinstance(req, CreateRequest):
         try:
-            host.store.get_snapshot(uuid, req.name)
-            jobs.release(host, req)  # it did commit; only the journal was left
-            return
+            rec = host.store.get_snapshot(uuid, req.name)
+            if rec.job_id == req.job_id:  # it did commit; only the report was left
+                jobs.succeed(host, req, {"name": rec.name, "pause_ms": rec.pause_ms,
+                                         "recovered": True})
+                return
         except UnknownSnapshot:
             pass
         disks = [DiskOp(**d) for d in plan.get("disks", [])]

@@ -110,6 +110,7 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
             emit("start", "starting the domain")
             host.driver.start(req.domain, config, paused=final == "paused")
         host.store.put_snapshots(req.domain, [], current=req.name)
+        _drop_abandoned(host, req, DomainConfig.model_validate(plan["old_config"]), config)
         result = {"name": req.name, "state": final,
                   "disks": {s["vdev"]: s["path"] for s in plan["steps"]}}
         jobs.succeed(host, req, result)
@@ -120,3 +121,21 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
         host.driver.set_domain_config(req.domain, DomainConfig.model_validate(plan["old_config"]))
         jobs.fail(host, req, exc)
         raise
+
+
+def _drop_abandoned(host: Host, req: RevertRequest, old: DomainConfig,
+                    new: DomainConfig) -> None:
+    """The images the domain wrote to before the revert hold state the revert discards:
+    remove each one domsnap made that no snapshot refers to (never a user's image)."""
+    keep = {d.target for d in new.disks}
+    for rec in host.store.list_snapshots(req.domain):
+        keep.update(p for d in rec.disks for p in (d.file, d.overlay) if p)
+    ours = host.settings.snapshots.resolve()
+    for disk in old.disks:
+        path = disk.target
+        if not path or path in keep or ours not in Path(path).resolve().parents:
+            continue
+        if any(host.img.backing_file(p, force_share=True) == path
+               for p in keep if p and os.path.exists(p)):
+            continue
+        Path(path).unlink(missing_ok=True)

@@ -83,6 +83,12 @@ class QemuDriver(Driver):
         if (self._dir(cfg.uuid) / "domain.json").exists():
             raise InvalidInput(f"a domain with uuid {cfg.uuid} exists already", field="uuid")
         for disk in cfg.disks:
+            if disk.devtype == "disk" and disk.format not in ("qcow2", "raw"):
+                raise InvalidInput(f"disk {disk.vdev}: format {disk.format} is not supported by "
+                                   "the qemu driver (qcow2 or raw)", field="disk")
+            if disk.target and "," in disk.target:
+                raise InvalidInput(f"disk {disk.vdev}: a ',' in an image path is not supported",
+                                   field="disk")
             if disk.target and not os.path.isabs(disk.target):
                 raise InvalidInput(f"disk {disk.vdev}: target must be an absolute path",
                                    field="disk")
@@ -184,7 +190,12 @@ class QemuDriver(Driver):
         self._runstate(uuid, "paused")
 
     def unpause(self, uuid: str) -> None:
+        """Resume the guest; a memory save left half-way (a worker killed at the
+        switchover) is cancelled first, or QEMU would refuse to continue."""
         with self._qmp(uuid) as q:
+            self._abort_migration(q)
+            q.poll("query-status", None, until=lambda r: r.get("status") != "finish-migrate",
+                   timeout=30, interval=0.005)
             q.execute("cont")
         self._runstate(uuid, "running")
 

@@ -1,0 +1,304 @@
+"""The deployment files and the README agree with the code.
+
+- docker-compose.yml: Redis persists (AOF) and needs a password, Flower needs basic
+  auth, the qemu worker gets /dev/kvm and runs ``domsnap worker``, and no secret is
+  written in the file (only ``${VAR}`` interpolations).
+- ``docker compose config`` accepts the file (skipped without a compose CLI).
+- Every ``domsnap <command>`` in README.md code blocks is a real command, its long
+  options exist, and every ``DOMSNAP_*`` variable the README names is a setting.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # PyYAML: a test dependency (not skipped when missing: that would hide it)
+
+from domsnap.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+README = REPO / "README.md"
+DOMSNAP = [sys.executable, "-c", "from domsnap.cli import main; main()"]
+FAKE_SECRETS = {"REDIS_PASSWORD": "x-test-password", "FLOWER_BASIC_AUTH": "a:b"}
+
+# A compose interpolation of a variable, e.g. ${REDIS_PASSWORD:?set it}.
+INTERP = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*(?:(?::?[-?+])[^}]*)?\}$")
+SECRET_KEY = re.compile(r"PASS|SECRET|TOKEN|AUTH|CREDENTIAL|PRIVATE", re.I)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+@functools.cache
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    return data
+
+
+def service(name: str) -> dict[str, Any]:
+    services = compose().get("services") or {}
+    assert name in services, f"docker-compose.yml has no service {name!r}"
+    svc = services[name]
+    assert isinstance(svc, dict)
+    return svc
+
+
+def argv(svc: dict[str, Any]) -> list[str]:
+    cmd = svc.get("command")
+    if isinstance(cmd, str):
+        return cmd.split()
+    assert isinstance(cmd, list), f"command must be a list or string, not {cmd!r}"
+    return [str(c) for c in cmd]
+
+
+def environment(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        return dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every (path, string) in the parsed YAML, keys included."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{path}.{k}", str(k)
+            yield from strings(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from strings(v, f"{path}[{i}]")
+    elif node is not None:
+        yield path, str(node)
+
+
+def is_interpolated(value: str) -> bool:
+    return bool(INTERP.match(value.strip()))
+
+
+def option_value(args: list[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` or ``--flag=VALUE`` in an argv."""
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a[len(flag) + 1 :]
+    return None
+
+
+# ------------------------------------------------------------------ docker-compose.yml
+
+
+def test_compose_has_the_services() -> None:
+    assert {"redis", "scheduler", "flower", "worker"} <= set(compose()["services"])
+
+
+def test_redis_persists_and_requires_a_password_from_the_environment() -> None:
+    redis = service("redis")
+    assert str(redis["image"]).startswith("redis:7")
+    args = argv(redis)
+    assert option_value(args, "--appendonly") == "yes", "Redis must persist with AOF"
+    password = option_value(args, "--requirepass")
+    assert password is not None, "Redis must require a password"
+    assert is_interpolated(password) and "REDIS_PASSWORD" in password, password
+    assert ":?" in password, "a missing REDIS_PASSWORD must stop compose, not default"
+    assert redis.get("volumes"), "Redis data must live in a volume"
+    test = redis.get("healthcheck", {}).get("test")
+    assert test and "redis-cli" in str(test) and "-a" in str(test)
+
+
+def test_flower_uses_basic_auth_from_the_environment() -> None:
+    flower = service("flower")
+    assert str(flower["image"]).startswith("mher/flower")
+    args = argv(flower)
+    auth = option_value(args, "--basic_auth")
+    if auth is None:
+        auth = environment(flower).get("FLOWER_BASIC_AUTH")
+    assert auth is not None, "Flower must require basic auth"
+    assert is_interpolated(auth) and "FLOWER_BASIC_AUTH" in auth, auth
+    assert any("5555" in str(p) for p in flower.get("ports", []))
+
+
+def test_worker_gets_kvm_and_runs_domsnap_worker() -> None:
+    worker = service("worker")
+    assert "build" in worker
+    devices = [str(d) for d in worker.get("devices", [])]
+    assert any(d.split(":")[0] == "/dev/kvm" for d in devices), devices
+    assert worker.get("privileged", False) is False
+    args = argv(worker)
+    assert args[:2] == ["domsnap", "worker"], args
+    assert "${REDIS_PASSWORD" in environment(worker).get("DOMSNAP_REDIS_URL", "")
+    targets = [str(v).split(":")[1] for v in worker.get("volumes", []) if ":" in str(v)]
+    assert "/var/lib/domsnap" in targets, targets
+
+
+def test_scheduler_is_the_celery_beat_of_the_domsnap_image() -> None:
+    scheduler = service("scheduler")
+    assert argv(scheduler)[:4] == ["celery", "-A", "tasks.ops", "beat"]
+    assert scheduler.get("image") == service("worker").get("image")
+
+
+def test_compose_file_holds_no_literal_secret() -> None:
+    problems: list[str] = []
+    for path, value in strings(compose()):
+        for m in re.finditer(r"://[^/@\s:]*:([^@/\s]+)@", value):
+            if not m.group(1).startswith("${"):
+                problems.append(f"{path}: password in URL {value!r}")
+        for flag in ("--requirepass", "--basic_auth", "--masterauth"):
+            if value.startswith(flag + "=") and not is_interpolated(value.split("=", 1)[1]):
+                problems.append(f"{path}: {value!r}")
+    for name, svc in compose()["services"].items():
+        args = argv(svc) if "command" in svc else []
+        for flag in ("--requirepass", "--masterauth"):
+            v = option_value(args, flag)
+            if v is not None and not is_interpolated(v):
+                problems.append(f"services.{name}.command: {flag} {v!r}")
+        for key, value in environment(svc).items():
+            if SECRET_KEY.search(key) and value and "${" not in value:
+                problems.append(f"services.{name}.environment.{key} = {value!r}")
+    assert not problems, "literal secrets in docker-compose.yml:\n" + "\n".join(problems)
+
+
+def test_dockerfile_and_dockerignore() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim-bookworm\b", dockerfile, re.M)
+    assert "qemu-system-x86" in dockerfile and "qemu-utils" in dockerfile
+    assert "ENTRYPOINT" not in dockerfile
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    ignored = {line.strip().strip("/") for line in lines}
+    for entry in (".venv", ".cache", ".git"):
+        assert entry in ignored, entry
+    assert any("__pycache__" in e for e in ignored)
+
+
+def _compose_cli() -> list[str] | None:
+    """``docker compose`` (the v2 plugin), else a standalone ``docker-compose``."""
+    candidates: list[list[str]] = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for cli in candidates:
+        try:
+            ok = subprocess.run([*cli, "version"], capture_output=True, timeout=60,
+                                stdin=subprocess.DEVNULL).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return cli
+    return None
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    cli = _compose_cli()
+    if cli is None:
+        pytest.skip("no compose CLI: `docker compose version` failed and there is no "
+                    "docker-compose; the YAML checks above still ran")
+    env = {k: v for k, v in os.environ.items() if k not in FAKE_SECRETS}
+    ok = subprocess.run([*cli, "-f", str(COMPOSE), "config"], capture_output=True, text=True,
+                        env={**env, **FAKE_SECRETS}, cwd=REPO, timeout=120,
+                        stdin=subprocess.DEVNULL)
+    assert ok.returncode == 0, ok.stderr
+    assert "x-test-password" in ok.stdout  # the secret came from the environment
+    missing = subprocess.run([*cli, "-f", str(COMPOSE), "config"], capture_output=True,
+                             text=True, env=env, cwd=REPO, timeout=120,
+                             stdin=subprocess.DEVNULL)
+    assert missing.returncode != 0, "compose must refuse to run without REDIS_PASSWORD"
+    assert "REDIS_PASSWORD" in missing.stderr + missing.stdout
+
+
+# ------------------------------------------------------------------ README.md
+
+
+def readme_code_blocks() -> list[str]:
+    return re.findall(r"^```[^\n]*\n(.*?)^```", README.read_text(), re.M | re.S)
+
+
+# `domsnap CMD ...` at a command position (a path prefix like .venv/bin/ is fine);
+# not `/var/lib/domsnap`, `domsnap.client`, `domsnap:job:`, `image: domsnap:local`.
+CMD_RE = re.compile(r"(?<![\w.:/-])(?:[\w.-]*/)*domsnap[ \t]+([a-z][a-z0-9-]*)([^\n]*)")
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    out = []
+    for block in readme_code_blocks():
+        for m in CMD_RE.finditer(block):
+            rest = re.split(r"\s#|\||&&|;|`", m.group(2))[0]
+            out.append((m.group(1), rest))
+    return out
+
+
+def run_help(*args: str) -> str:
+    proc = subprocess.run([*DOMSNAP, *args, "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@functools.cache
+def cli_commands() -> set[str]:
+    text = run_help()
+    section = text.split("Commands:", 1)[1]
+    return {line.split()[0] for line in section.splitlines()
+            if line.startswith("  ") and line.strip()}
+
+
+def test_readme_names_domsnap_commands() -> None:
+    used = {cmd for cmd, _ in readme_commands()}
+    assert len(used) >= 8, f"README code blocks name too few domsnap commands: {used}"
+
+
+def test_every_readme_command_exists() -> None:
+    unknown = sorted({cmd for cmd, _ in readme_commands()} - cli_commands())
+    assert not unknown, f"README uses commands that `domsnap --help` lacks: {unknown}"
+
+
+def test_every_cli_command_is_in_the_readme() -> None:
+    missing = sorted(cli_commands() - {cmd for cmd, _ in readme_commands()})
+    assert not missing, f"README code blocks never show: {missing}"
+
+
+def test_readme_command_options_exist() -> None:
+    helps: dict[str, str] = {}
+    bad: list[str] = []
+    for cmd, rest in readme_commands():
+        if cmd not in cli_commands():
+            continue
+        text = helps.setdefault(cmd, run_help(cmd))
+        for opt in re.findall(r"(?<!\S)(--?[A-Za-z][\w-]*)", rest):
+            if not re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text):
+                bad.append(f"domsnap {cmd} {opt}")
+    assert not bad, f"README uses options that --help does not list: {bad}"
+
+
+# Read verbatim by the code without being a Settings field: DOMSNAP_CONFIG (the TOML
+# file, read in domsnap/settings.py) and test-only knobs read under tests/.
+def _read_by_code(var: str) -> bool:
+    sources = [REPO / "domsnap" / "settings.py", *sorted((REPO / "tests").rglob("*.py"))]
+    return any(var in p.read_text() for p in sources if p.name != Path(__file__).name)
+
+
+def test_every_readme_env_var_is_a_setting() -> None:
+    fields = set(Settings.model_fields)
+    named = set(re.findall(r"\bDOMSNAP_[A-Z0-9_]*[A-Z0-9]\b", README.read_text()))
+    assert "DOMSNAP_REDIS_URL" in named
+    unknown = sorted(v for v in named
+                     if v[len("DOMSNAP_"):].lower() not in fields and not _read_by_code(v))
+    assert not unknown, f"README names DOMSNAP_ variables that are no setting: {unknown}"
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    text = README.read_text()
+    missing = sorted(f"DOMSNAP_{f.upper()}" for f in Settings.model_fields
+                     if f"DOMSNAP_{f.upper()}" not in text)
+    assert not missing, f"README's settings table lacks: {missing}"
