@@ -9,6 +9,8 @@ log() { echo "setup: $*" >&2; }
 
 PKGS=(qemu-system-x86 qemu-utils redis-server busybox-static linux-image-amd64 cpio xz-utils
       kmod procps)
+# a compose CLI to validate docker-compose.yml (no engine needed for `config`)
+if ! docker compose version >/dev/null 2>&1; then PKGS+=(docker-compose); fi
 missing=()
 for p in "${PKGS[@]}"; do
     if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then

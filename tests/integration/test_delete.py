@@ -89,7 +89,7 @@ def _sidecar(dom: Domain, name: str) -> Path:
     return _snapdir(dom) / f"{name}.json"
 
 
-def _redis_has(cluster: Cluster, client: Client, dom: Domain, name: str) -> bool:
+def _redis_has(client: Client, dom: Domain, name: str) -> bool:
     try:
         client.store.get_snapshot(dom.uuid, name)
     except UnknownSnapshot:
@@ -97,8 +97,8 @@ def _redis_has(cluster: Cluster, client: Client, dom: Domain, name: str) -> bool
     return True
 
 
-def _assert_gone(cluster: Cluster, client: Client, dom: Domain, rec: SnapshotRecord) -> None:
-    assert not _redis_has(cluster, client, dom, rec.name), f"{rec.name} still in Redis"
+def _assert_gone(client: Client, dom: Domain, rec: SnapshotRecord) -> None:
+    assert not _redis_has(client, dom, rec.name), f"{rec.name} still in Redis"
     _assert_sidecars_agree(client, dom)
     assert rec.name not in {s.name for s in client.snapshots(dom.name)}
     assert not _sidecar(dom, rec.name).exists(), f"sidecar of {rec.name} left behind"
@@ -161,7 +161,7 @@ def test_delete_internal(cluster: Cluster, h1: str, live: bool) -> None:
         assert qemu_pid(dom) is None and driver_state(dom) == "shutoff"
 
     _ok(client, client.delete(dom.name, "gone"))
-    _assert_gone(cluster, client, dom, gone)
+    _assert_gone(client, dom, gone)
     for v in VDEVS:
         assert internal_snapshots(dom.active(v)) == ["keep"], v
     assert client.current(dom.name) == "keep"
@@ -175,7 +175,7 @@ def test_delete_internal(cluster: Cluster, h1: str, live: bool) -> None:
     _check_active(dom, a, "after revert to keep")
 
     _ok(client, client.delete(dom.name, "keep"))
-    _assert_gone(cluster, client, dom, keep)
+    _assert_gone(client, dom, keep)
     for v in VDEVS:
         assert internal_snapshots(dom.active(v)) == []
     assert client.current(dom.name) is None
@@ -216,7 +216,7 @@ def test_delete_linear_external_chain(cluster: Cluster, h1: str, live: bool) -> 
 
     # the middle one
     _ok(client, client.delete(dom.name, "S2"))
-    _assert_gone(cluster, client, dom, s2)
+    _assert_gone(client, dom, s2)
     assert _parents(client, dom) == {"S1": None, "S3": "S1"}
     s1, s3 = client.snapshot(dom.name, "S1"), client.snapshot(dom.name, "S3")
     for d in (*s1.disks, *s3.disks):
@@ -240,7 +240,7 @@ def test_delete_linear_external_chain(cluster: Cluster, h1: str, live: bool) -> 
 
     # the root: its frozen image is the original disk, which must survive the merge
     _ok(client, client.delete(dom.name, "S1"))
-    _assert_gone(cluster, client, dom, s1)
+    _assert_gone(client, dom, s1)
     for v, p in originals.items():
         assert os.path.exists(p), f"original image of {v} is gone"
     assert _parents(client, dom) == {"S3": None}
@@ -253,7 +253,7 @@ def test_delete_linear_external_chain(cluster: Cluster, h1: str, live: bool) -> 
     _assert_no_leftovers(client, dom, "after deleting S1")
 
     _ok(client, client.delete(dom.name, "S3"))
-    _assert_gone(cluster, client, dom, s3)
+    _assert_gone(client, dom, s3)
     assert client.snapshots(dom.name) == []
     assert client.current(dom.name) is None
     _check_active(dom, now, "after deleting S3")
@@ -271,7 +271,7 @@ def test_delete_linear_external_chain(cluster: Cluster, h1: str, live: bool) -> 
 # ---------------------------------------------------------------- external, branched
 
 
-def _snapshot_files(client: Client, dom: Domain) -> dict[str, tuple[int, int]]:
+def _snapshot_files(dom: Domain) -> dict[str, tuple[int, int]]:
     out = {}
     for p in files_under(_snapdir(dom)) | {str(x) for x in dom.disks.values()}:
         st = os.stat(p)
@@ -299,7 +299,7 @@ def test_delete_branched_tree(cluster: Cluster, h1: str) -> None:
 
     # S1's frozen image now has two children that matter: refused, nothing changes
     records = {s.name: s.model_dump() for s in client.snapshots(dom.name)}
-    files = _snapshot_files(client, dom)
+    files = _snapshot_files(dom)
     sidecars = {n: _sidecar(dom, n).read_text() for n in records}
     config = dom.config()
     job = client.wait(client.delete(dom.name, "S1"), timeout=120)
@@ -307,7 +307,7 @@ def test_delete_branched_tree(cluster: Cluster, h1: str) -> None:
     assert job.error is not None and job.error.code == "refused", job.error
     assert "branch" in job.error.message, job.error.message
     assert {s.name: s.model_dump() for s in client.snapshots(dom.name)} == records
-    assert _snapshot_files(client, dom) == files
+    assert _snapshot_files(dom) == files
     assert {n: _sidecar(dom, n).read_text() for n in records} == sidecars
     assert dom.config() == config
     assert client.current(dom.name) == "S3"
@@ -322,7 +322,7 @@ def test_delete_branched_tree(cluster: Cluster, h1: str) -> None:
     # the leaves go
     s2 = client.snapshot(dom.name, "S2")
     _ok(client, client.delete(dom.name, "S2"))
-    _assert_gone(cluster, client, dom, s2)
+    _assert_gone(client, dom, s2)
     _check_frozen(client.snapshot(dom.name, "S1"), at1, "after deleting S2")
     _check_frozen(client.snapshot(dom.name, "S3"), at3, "after deleting S2")
     _check_active(dom, now, "after deleting S2")
@@ -330,7 +330,7 @@ def test_delete_branched_tree(cluster: Cluster, h1: str) -> None:
 
     s3 = client.snapshot(dom.name, "S3")
     _ok(client, client.delete(dom.name, "S3"))
-    _assert_gone(cluster, client, dom, s3)
+    _assert_gone(client, dom, s3)
     assert _parents(client, dom) == {"S1": None}
     _check_frozen(client.snapshot(dom.name, "S1"), at1, "after deleting S3")
     _check_active(dom, now, "after deleting S3")
@@ -339,7 +339,7 @@ def test_delete_branched_tree(cluster: Cluster, h1: str) -> None:
     # no longer a branch point: S1 goes too, and the original images carry on
     s1 = client.snapshot(dom.name, "S1")
     _ok(client, client.delete(dom.name, "S1"))
-    _assert_gone(cluster, client, dom, s1)
+    _assert_gone(client, dom, s1)
     _check_active(dom, now, "after deleting S1")
     for v, p in dom.disks.items():
         assert os.path.exists(p)
@@ -363,7 +363,7 @@ def test_delete_middle_rewires_child_parent(cluster: Cluster, h1: str) -> None:
 
     p2 = client.snapshot(dom.name, "P2")
     _ok(client, client.delete(dom.name, "P2"))
-    _assert_gone(cluster, client, dom, p2)
+    _assert_gone(client, dom, p2)
     assert _parents(client, dom) == {"P1": None, "P3": "P1", "P4": "P1"}
     for n in ("P3", "P4"):
         side = json.loads(_sidecar(dom, n).read_text())
