@@ -12,8 +12,6 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from domsnap.errors import (
     BackendError,
     DomainLocked,
@@ -22,6 +20,7 @@ from domsnap.errors import (
 )
 from domsnap.settings import Settings, get_settings
 from domsnap.store import Store
+from domsnap.validation import parse_model
 from schemas.config import SnapshotConfig
 from schemas.models import (
     CreateRequest,
@@ -35,15 +34,6 @@ from schemas.models import (
 )
 
 EventHandler = Callable[[JobEvent], None]
-
-
-def _validated(model: type[Any], data: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
 
 
 class Client:
@@ -120,7 +110,7 @@ class Client:
                 disks = [DiskChoice(**d.model_dump()) for d in config.disks]
         host, info = self.resolve(domain)
         now = time.time()
-        req: CreateRequest = _validated(CreateRequest, {
+        req: CreateRequest = parse_model(CreateRequest, {
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
             "host": host, "name": name or str(int(now)), "submitted_at": now,
             "description": description, "disk_only": disk_only, "memory_file": memory_file,
@@ -137,7 +127,7 @@ class Client:
     def revert(self, domain: str, name: str,
                start: Literal["running", "paused"] | None = None) -> str:
         host, info = self.resolve(domain)
-        req: RevertRequest = _validated(RevertRequest, {
+        req: RevertRequest = parse_model(RevertRequest, {
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
             "host": host, "name": name, "submitted_at": time.time(), "start": start})
         self.store.get_snapshot(info.uuid, req.name)
@@ -146,7 +136,7 @@ class Client:
 
     def delete(self, domain: str, name: str) -> str:
         host, info = self.resolve(domain)
-        req: DeleteRequest = _validated(DeleteRequest, {
+        req: DeleteRequest = parse_model(DeleteRequest, {
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
             "host": host, "name": name, "submitted_at": time.time()})
         self.store.get_snapshot(info.uuid, req.name)

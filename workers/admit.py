@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
-from domsnap.errors import DomsnapError, InvalidInput, Refused
+from domsnap.errors import DomsnapError, Refused
+from domsnap.validation import parse_model
 from schemas.models import CreateRequest, DeleteRequest, RevertRequest
 from workers import jobs
 from workers.create import plan_create
@@ -22,12 +21,7 @@ from workers.revert import plan_revert
 
 def parse(body: Any, model: type[jobs.AnyRequest]) -> jobs.AnyRequest:
     """A request from its JSON body; the error names the field and the reason."""
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
+    return parse_model(model, body)
 
 
 def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:

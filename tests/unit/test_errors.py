@@ -194,3 +194,18 @@ def test_rebuilt_errors_keep_their_attributes() -> None:
     cfg = from_dict(ConfigFileError("r", path="/p", line=2, key="k").to_dict())
     assert isinstance(cfg, ConfigFileError)
     assert (cfg.line, cfg.key, cfg.reason) == (2, "k", "r")
+
+
+def test_parse_model_names_the_field_and_detects_other_versions() -> None:
+    from domsnap.errors import InvalidInput, SchemaMismatch
+    from domsnap.validation import parse_model
+    from schemas.models import DeleteRequest
+
+    good = {"job_id": "11111111-1111-4111-8111-111111111111",
+            "domain": "4d7dea0d-7a6f-43eb-b256-340075ce6ec9", "host": "h1", "name": "s1"}
+    assert parse_model(DeleteRequest, good).name == "s1"
+    with pytest.raises(InvalidInput, match=r"^name: ") as bad:
+        parse_model(DeleteRequest, {**good, "name": "../x"})
+    assert bad.value.field == "name"
+    with pytest.raises(SchemaMismatch, match="schema_version 2 is not supported"):
+        parse_model(DeleteRequest, {**good, "schema_version": 2})
