@@ -70,31 +70,32 @@ def start(host: Host, req: AnyRequest, *, pausing: bool, plan: dict[str, Any]) -
 
 
 def succeed(host: Host, req: AnyRequest, result: dict[str, Any]) -> None:
-    host.store.update_job(req.job_id, state="succeeded", finished_at=time.time(), result=result)
-    progress_for(host, req.job_id)("done", f"{req.op} of {req.name!r} succeeded")
-    release(host, req)
+    _end(host, req, state="succeeded", result=result,
+         message=f"{req.op} of {req.name!r} succeeded")
 
 
 def fail(host: Host, req: AnyRequest, exc: BaseException) -> None:
     err = exc if isinstance(exc, DomsnapError) else OperationFailed(
         f"{type(exc).__name__}: {exc}")
     info = ErrorInfo(code=err.code, message=err.message, details=_jsonable(err.details))
-    try:
-        progress_for(host, req.job_id)("failed", err.message)
-        host.store.update_job(req.job_id, state="failed", finished_at=time.time(), error=info)
-    finally:
-        release(host, req)
+    _end(host, req, state="failed", error=info, message=err.message)
 
 
-def release(host: Host, req: AnyRequest) -> None:
-    """Give back everything admission took (each step idempotent)."""
+def _end(host: Host, req: AnyRequest, *, state: str, message: str,
+         result: dict[str, Any] | None = None, error: ErrorInfo | None = None) -> None:
+    """Release what admission took, then publish the end: whoever sees the job ended
+    may submit the next operation on the domain at once. The journal goes last, so a
+    worker that dies in between leaves a trace for start-up recovery."""
     try:
         host.files.clear_pausing(req.domain, req.job_id)
         if isinstance(req, CreateRequest):
             host.store.release_name(req.domain, req.name, req.job_id)
         host.store.release_lock(req.domain, req.job_id)
     finally:
-        host.files.remove_journal(req.job_id)
+        progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
+        host.store.update_job(req.job_id, state=state, finished_at=time.time(), result=result,
+                              error=error)
+    host.files.remove_journal(req.job_id)
 
 
 def _jsonable(details: dict[str, Any]) -> dict[str, Any]:

@@ -81,6 +81,7 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
     emit = jobs.progress_for(host, req.job_id)
     config = DomainConfig.model_validate(plan["config"])
     made: list[str] = []
+    switched = False
     try:
         host.files.domain_dir(req.domain)
         if host.driver.is_active(req.domain):
@@ -101,6 +102,7 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
                                 backing_fmt=step["format"])
                 made.append(step["path"])
         host.driver.set_domain_config(req.domain, config)
+        switched = True  # from here the domain's images are the reverted ones
         final = plan["final"]
         if plan["memory_file"] and final != "shutoff":
             emit("restore", "restoring memory")
@@ -116,9 +118,11 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
         jobs.succeed(host, req, result)
         return result
     except BaseException as exc:
-        for path in made:
-            Path(path).unlink(missing_ok=True)
-        host.driver.set_domain_config(req.domain, DomainConfig.model_validate(plan["old_config"]))
+        if not switched:  # never pull images from under a domain that may run on them
+            for path in made:
+                Path(path).unlink(missing_ok=True)
+            host.driver.set_domain_config(req.domain,
+                                          DomainConfig.model_validate(plan["old_config"]))
         jobs.fail(host, req, exc)
         raise
 

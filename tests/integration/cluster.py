@@ -21,6 +21,7 @@ import redis
 
 from domsnap.client import Client
 from domsnap.settings import Settings
+from schemas.models import JobRecord
 from tests.vm.guest import ensure_guest, wait_for_tick
 
 REPO = Path(__file__).resolve().parents[2]
@@ -243,3 +244,22 @@ class Cluster:
     def cleanup_redis(self) -> None:
         for key in self.redis.scan_iter(f"{self.prefix}:*", count=1000):
             self.redis.delete(key)
+
+
+def unique_name(prefix: str) -> str:
+    """A domain/snapshot name no other test of the session uses."""
+    return f"{prefix}-{uuidlib.uuid4().hex[:6]}"
+
+
+def listed_domain(cluster: Cluster, host: str, prefix: str, *, disks: int = 2) -> Domain:
+    """A running guestless domain with a unique name, already in the inventory."""
+    dom = cluster.create_domain(host, unique_name(prefix), guest=False, disks=disks)
+    cluster.wait_inventory(dom)
+    return dom
+
+
+def succeeded(client: Client, job_id: str, timeout: float = 120) -> JobRecord:
+    """Wait for a job and insist that it succeeded (the error is the failure message)."""
+    job = client.wait(job_id, timeout=timeout)
+    assert job.state == "succeeded", f"job {job.op} {job.name}: {job.error}"
+    return job

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import uuid as uuidlib
 from pathlib import Path
 
 import pytest
 
 from domsnap.client import Client
 from domsnap.errors import UnknownSnapshot
-from schemas.models import JobRecord, SnapshotRecord
+from schemas.models import SnapshotRecord
 from tests.integration.cluster import Cluster, Domain
+from tests.integration.cluster import listed_domain as _domain  # noqa: E402
+from tests.integration.cluster import succeeded as _ok  # noqa: E402
 from tests.integration.diskdata import (
     assert_state,
     backing_chain,
@@ -32,20 +33,7 @@ VDEVS = ("vda", "vdb")
 State = dict[str, dict[int, int]]
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuidlib.uuid4().hex[:6]}"
 
-
-def _domain(cluster: Cluster, host: str, prefix: str) -> Domain:
-    dom = cluster.create_domain(host, _name(prefix), guest=False, disks=2)
-    cluster.wait_inventory(dom)
-    return dom
-
-
-def _ok(client: Client, job_id: str, timeout: float = 120) -> JobRecord:
-    job = client.wait(job_id, timeout=timeout)
-    assert job.state == "succeeded", f"job {job.op} {job.name}: {job.error}"
-    return job
 
 
 def _write(dom: Domain, state: State) -> None:

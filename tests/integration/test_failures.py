@@ -205,3 +205,19 @@ def test_host_down_is_an_error_before_enqueue(cluster: Cluster) -> None:
     assert proc.returncode == 6 and "no live worker" in proc.stderr
     # records of a host that is down stay readable
     assert cluster.client().snapshots(d.name) == []
+
+
+def test_a_job_is_reported_ended_only_after_its_lock_is_free(cluster: Cluster,
+                                                             dom: Domain) -> None:
+    """A control plane that submits the next operation as soon as it sees the last one
+    end must never be refused with DomainLocked by the job that just ended."""
+    client = cluster.client()
+    for i in range(8):
+        job = client.wait(client.create(dom.name, name=f"seq{i}", disk_only=True),
+                          timeout=120, interval=0.0005)
+        assert job.state == "succeeded", job.error
+        assert client.store.lock_owner(dom.uuid) is None
+    for i in range(8):
+        job = client.wait(client.delete(dom.name, f"seq{i}"), timeout=120, interval=0.0005)
+        assert job.state == "succeeded", job.error
+        assert client.store.lock_owner(dom.uuid) is None
