@@ -15,8 +15,8 @@ from domsnap.client import Client
 from domsnap.errors import UnknownSnapshot
 from schemas.models import SnapshotRecord
 from tests.integration.cluster import Cluster, Domain
-from tests.integration.cluster import listed_domain as _domain  # noqa: E402
-from tests.integration.cluster import succeeded as _ok  # noqa: E402
+from tests.integration.cluster import listed_domain as _domain
+from tests.integration.cluster import succeeded as _ok
 from tests.integration.diskdata import (
     assert_state,
     backing_chain,
