@@ -70,7 +70,12 @@ def _wait_and_print(job_id: str, *, as_json: bool, timeout: float | None,
         if not as_json:
             click.echo(f"  [{ev.step}] {ev.message}", err=True)
 
-    job = client.wait(job_id, timeout=timeout, on_event=show)
+    try:
+        job = client.wait(job_id, timeout=timeout, on_event=show)
+    except KeyboardInterrupt:
+        click.echo(f"domsnap: stopped waiting; job {job_id} goes on "
+                   f"(follow it with: domsnap job --wait {job_id})", err=True)
+        sys.exit(130)
     if as_json:
         click.echo(_dumps(job.model_dump(mode="json")))
     if job.state == "failed":

@@ -57,6 +57,14 @@ class _Versioned(BaseModel):
 # ---------------------------------------------------------------- requests
 
 
+def _require_op(schema: dict[str, Any]) -> None:
+    """In JSON Schema ``op`` is required: it picks the request type (the Python models
+    default it, since each entry task knows its own)."""
+    required = schema.setdefault("required", [])
+    if "op" not in required:
+        required.insert(0, "op")
+
+
 class _Request(_Versioned):
     job_id: str = Field(description="UUID chosen by the submitter; makes redelivery harmless",
                         json_schema_extra={"format": "uuid"})
@@ -85,6 +93,8 @@ class DiskChoice(BaseModel):
 
 
 class CreateRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_require_op)
+
     op: Literal["create"] = "create"
     description: str | None = Field(default=None, max_length=4096)
     disk_only: bool = False
@@ -98,6 +108,8 @@ class CreateRequest(_Request):
 
 
 class RevertRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_require_op)
+
     op: Literal["revert"] = "revert"
     start: Literal["running", "paused"] | None = Field(
         default=None,
@@ -107,6 +119,8 @@ class RevertRequest(_Request):
 
 
 class DeleteRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_require_op)
+
     op: Literal["delete"] = "delete"
 
 

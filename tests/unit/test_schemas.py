@@ -295,3 +295,11 @@ def test_request_schema_rejects_bad_name(name: str) -> None:
     validator = _request_validator()
     errs = list(validator.iter_errors(body(name=name)))
     assert errs, f"request.schema.json accepts the snapshot name {name!r}"
+
+
+def test_request_schema_requires_op() -> None:
+    """A body without ``op`` would match every request type: the schema must say which."""
+    validator = _request_validator()
+    data = body()
+    data.pop("op", None)
+    assert list(validator.iter_errors(data)) != []
