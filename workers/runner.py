@@ -58,6 +58,13 @@ class Runner(Protocol):
     ) -> Completed: ...
 
 
+def _argv_list(argv: Sequence[str]) -> list[str]:
+    """argv as a list; a plain string (a shell command slipping through) is refused."""
+    if isinstance(argv, str | bytes):
+        raise TypeError("argv must be a sequence of arguments, not a string")
+    return [os.fspath(a) for a in argv]
+
+
 def _decode(data: bytes | None) -> str:
     return (data or b"").decode("utf-8", errors="replace")
 
@@ -90,9 +97,7 @@ class SubprocessRunner:
         check: bool = True,
         input: bytes | None = None,
     ) -> Completed:
-        if isinstance(argv, str | bytes):  # a shell string slipped through
-            raise TypeError("argv must be a sequence of arguments, not a string")
-        args = [os.fspath(a) for a in argv]
+        args = _argv_list(argv)
         if not args:
             raise ValueError("argv is empty")
         started = time.monotonic()
@@ -201,9 +206,7 @@ class RecordingRunner:
         check: bool = True,
         input: bytes | None = None,
     ) -> Completed:
-        if isinstance(argv, str | bytes):
-            raise TypeError("argv must be a sequence of arguments, not a string")
-        call = Call(argv=[os.fspath(a) for a in argv], timeout=timeout, check=check, input=input)
+        call = Call(argv=_argv_list(argv), timeout=timeout, check=check, input=input)
         self.calls.append(call)
         answer = self._answer(call)
         if isinstance(answer, BaseException):

@@ -181,20 +181,11 @@ def files_under(d: Path) -> set[str]:
 
 
 def qemu_pid(dom: Domain) -> int | None:
-    """The domain's QEMU pid if that process is alive."""
-    try:
-        pid = int((dom.host.domain_dir(dom.uuid) / "qemu.pid").read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return pid if dom.uuid.encode() in cmdline else None
+    """The domain's QEMU pid if that process is alive (asked of the qemu driver)."""
+    from workers.drivers.qemu import QemuDriver
+    from workers.runner import SubprocessRunner
+
+    return QemuDriver(dom.host.state_dir, SubprocessRunner()).pid(dom.uuid)
 
 
 def driver_state(dom: Domain) -> str:

@@ -130,7 +130,8 @@ class QemuDriver(Driver):
 
     # ------------------------------------------------------------ state
 
-    def _pid(self, uuid: str) -> int | None:
+    def pid(self, uuid: str) -> int | None:
+        """The pid of the domain's QEMU, if that process is alive (a reused pid is not)."""
         try:
             pid = int((self._dir(uuid) / "qemu.pid").read_text().strip())
         except (FileNotFoundError, ValueError):
@@ -159,7 +160,7 @@ class QemuDriver(Driver):
 
     def domain_info(self, uuid: str) -> DomainInfo:
         cfg = self.domain_config(uuid)
-        state = self._runstate(uuid) if self._pid(uuid) else "shutoff"
+        state = self._runstate(uuid) if self.pid(uuid) else "shutoff"
         disks = [DiskInfo(vdev=d.vdev, path=d.target, format=d.format, writable=d.writable,
                           cdrom=d.devtype == "cdrom", backend="qemu") for d in cfg.disks]
         return DomainInfo(uuid=uuid, name=cfg.name, state=state,  # type: ignore[arg-type]
@@ -180,7 +181,7 @@ class QemuDriver(Driver):
     # ------------------------------------------------------------ QMP
 
     def _qmp(self, uuid: str, timeout: float = 30.0) -> QMPClient:
-        if not self._pid(uuid):
+        if not self.pid(uuid):
             raise Refused(f"domain {uuid} is not running", domain=uuid)
         return QMPClient(self._dir(uuid) / "qmp.sock", timeout=timeout)
 
@@ -458,7 +459,7 @@ class QemuDriver(Driver):
 
     def start(self, uuid: str, config: DomainConfig, *, paused: bool,
               memory_file: Path | None = None) -> None:
-        if self._pid(uuid):
+        if self.pid(uuid):
             raise Refused(f"domain {config.name} is running already", domain=uuid)
         d = self._dir(uuid)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -490,7 +491,7 @@ class QemuDriver(Driver):
             raise
 
     def destroy(self, uuid: str) -> None:
-        pid = self._pid(uuid)
+        pid = self.pid(uuid)
         if pid is None:
             return
         try:
@@ -499,10 +500,10 @@ class QemuDriver(Driver):
         except DomsnapError:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while self._pid(uuid) and time.monotonic() < deadline:
+        while self.pid(uuid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if self._pid(uuid):
+        if self.pid(uuid):
             os.kill(pid, signal.SIGKILL)
-            while self._pid(uuid):
+            while self.pid(uuid):
                 time.sleep(0.02)
         self._runstate(uuid, "shutoff")
