@@ -151,3 +151,26 @@ def test_offline_domain_disks_snapshot_in_parallel_tasks(cluster: Cluster, h1: s
     for disk in client.snapshot(dom.name, "off2").disks:
         assert disk.overlay and backing_of(disk.overlay) == disk.file
         assert dom.active(disk.vdev) == disk.overlay
+
+
+def test_a_paused_domain_stays_paused_and_can_be_snapshotted_again(cluster: Cluster,
+                                                                   h1: str) -> None:
+    from tests.integration.test_failures import qmp_status
+
+    dom = cluster.create_domain(h1, "paused-dom", guest=False, disks=2)
+    cluster.wait_inventory(dom)
+    dom.host.cli("domain-pause", dom.name, check=True)
+    client = cluster.client()
+    for name, disk_only in (("p1", False), ("p2", False), ("p3", True)):
+        job = client.wait(client.create(dom.name, name=name, disk_only=disk_only),
+                          timeout=120)
+        assert job.state == "succeeded", job.error
+        assert qmp_status(dom) == "paused"
+        rec = client.snapshot(dom.name, name)
+        assert rec.domain_state == "paused"
+    # reverting to a snapshot of a paused domain brings it back paused
+    job = client.wait(client.revert(dom.name, "p1"), timeout=120)
+    assert job.state == "succeeded", job.error
+    assert qmp_status(dom) == "paused"
+    dom.host.cli("domain-unpause", dom.name, check=True)
+    assert qmp_status(dom) == "running"

@@ -282,10 +282,15 @@ class QemuDriver(Driver):
             # `cont` fails with "Migration is not finalized yet" (seen about 1 in 70).
             q.poll("query-status", None, until=lambda r: r.get("status") != "finish-migrate",
                    timeout=30, interval=0.001)
-            # A completed migration inactivates the block nodes; `cont` activates them again.
-            if was_running:
-                q.execute("cont")
-                resumed = True
+            # A completed migration inactivates the block nodes (and leaves the run state
+            # postmigrate, from which no later snapshot can start); `cont` activates them
+            # again. QEMU 7.2 has no other way back, so a domain that was paused gets a
+            # `cont` and at once a `stop`: its vCPUs may run for an instant, after the
+            # snapshot's state was taken.
+            q.execute("cont")
+            resumed = True
+            if not was_running:
+                q.execute("stop")
             result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
             _fsync(memory_file)  # QEMU does not sync what it wrote
             result.memory_bytes = memory_file.stat().st_size
