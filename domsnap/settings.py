@@ -23,6 +23,14 @@ from pydantic_settings import (
 )
 
 
+def default_run_dir() -> Path:
+    """Short-lived runtime files (QMP sockets): a short path, since a unix socket path
+    must stay under 108 bytes."""
+    if os.geteuid() == 0 and Path("/run").is_dir():
+        return Path("/run/domsnap")
+    return Path(f"/tmp/domsnap-{os.geteuid()}")
+
+
 def _default_state_dir() -> Path:
     return Path("/var/lib/domsnap") if os.geteuid() == 0 else Path.home() / ".local/state/domsnap"
 
@@ -38,6 +46,7 @@ class Settings(BaseSettings):
     key_prefix: str = "domsnap"
 
     state_dir: Path = Field(default_factory=_default_state_dir)
+    run_dir: Path = Field(default_factory=default_run_dir)
     snapshot_dir: Path | None = None  # default: <state_dir>/snapshots (qemu driver)
     snapshot_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
@@ -55,6 +64,9 @@ class Settings(BaseSettings):
 
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
+    # bytes/s for a memory save to a local file; QEMU's own default (128 MiB/s) is
+    # meant for networks and makes saves ~10x slower (docs/benchmarks.md)
+    qemu_memory_bandwidth: int = Field(default=64 << 30, ge=1 << 20)
     qemu_accel: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: auto
 
     @classmethod

@@ -34,7 +34,9 @@ def make_driver(settings: Settings, runner: Runner) -> Driver:
         from workers.drivers.qemu import QemuDriver
 
         return QemuDriver(settings.state_dir, runner, binary=settings.qemu_binary,
-                          accel=settings.qemu_accel, timeout=settings.command_timeout_s)
+                          accel=settings.qemu_accel, timeout=settings.command_timeout_s,
+                          memory_bandwidth=settings.qemu_memory_bandwidth,
+                          run_dir=settings.run_dir)
     if settings.driver == "xl" and shutil.which("xl") is None:
         raise InvalidInput("driver 'xl' needs the xl binary on PATH", field="driver")
     raise InvalidInput(f"driver {settings.driver!r} is not available in this build",

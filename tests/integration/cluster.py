@@ -81,6 +81,14 @@ class Domain:
     def console(self) -> Path:
         return self.host.console(self.uuid)
 
+    @property
+    def qmp(self) -> Path:
+        """The domain's QMP socket, where the qemu driver puts it."""
+        from workers.drivers.qemu import QemuDriver
+        from workers.runner import SubprocessRunner
+
+        return QemuDriver(self.host.state_dir, SubprocessRunner()).qmp_path(self.uuid)
+
     def config(self) -> dict[str, Any]:
         import json
 

@@ -39,7 +39,7 @@ def slot(i: int) -> int:
 
 
 def qmp_sock(dom: Domain) -> Path:
-    return dom.host.domain_dir(dom.uuid) / "qmp.sock"
+    return dom.qmp
 
 
 def qmp(dom: Domain, command: str, args: dict[str, Any] | None = None) -> Any:

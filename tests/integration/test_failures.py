@@ -42,7 +42,7 @@ def state_of(cluster: Cluster, dom: Domain) -> tuple[object, ...]:
 
 
 def qmp_status(dom: Domain) -> str:
-    with QMPClient(dom.host.domain_dir(dom.uuid) / "qmp.sock", timeout=10) as q:
+    with QMPClient(dom.qmp, timeout=10) as q:
         return str(q.execute("query-status")["status"])
 
 
@@ -157,7 +157,7 @@ def test_failed_transaction_leaves_nothing(cluster: Cluster, dom: Domain) -> Non
     """vdb already holds an internal snapshot 'clash' (made behind domsnap's back): the
     atomic transaction fails, so vda gets nothing either; the memory file is removed,
     no record appears, the domain runs, and the lock is free again."""
-    with QMPClient(dom.host.domain_dir(dom.uuid) / "qmp.sock", timeout=10) as q:
+    with QMPClient(dom.qmp, timeout=10) as q:
         nodes = q.execute("query-named-block-nodes")
         node = next(n["node-name"] for n in nodes
                     if n["file"] == dom.active("vdb") and n["drv"] == "qcow2")
@@ -173,7 +173,7 @@ def test_failed_transaction_leaves_nothing(cluster: Cluster, dom: Domain) -> Non
     assert qmp_status(dom) == "running"
     assert client.store.lock_owner(dom.uuid) is None
     # and the name is free again for a later try (after the clash is gone)
-    with QMPClient(dom.host.domain_dir(dom.uuid) / "qmp.sock", timeout=10) as q:
+    with QMPClient(dom.qmp, timeout=10) as q:
         q.execute("blockdev-snapshot-delete-internal-sync", {"device": node, "name": "clash"})
     job = client.wait(client.create(dom.name, name="clash"), timeout=120)
     assert job.state == "succeeded", job.error

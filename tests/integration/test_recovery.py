@@ -58,7 +58,7 @@ def test_half_done_create_is_undone_at_start(cluster: Cluster) -> None:
     host.store.reserve_name(dom.uuid, "crashed", job_id)
     plan = plan_create(host, req, host.driver.domain_info(dom.uuid))
     jobs.start(host, req, pausing=True, plan=plan)
-    with QMPClient(dom.host.domain_dir(dom.uuid) / "qmp.sock", timeout=10) as q:
+    with QMPClient(dom.qmp, timeout=10) as q:
         q.execute("stop")
         q.execute("blockdev-snapshot-internal-sync", {"device": "vda-qcow2", "name": "crashed"})
     mem = Path(plan["memory_file"])

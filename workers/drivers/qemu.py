@@ -2,9 +2,11 @@
 /dev/kvm is absent) from an xl-style domain config, one QMP socket per domain.
 
 A domain's files live in ``<state dir>/domains/<uuid>/``: ``domain.json`` (the
-registered config, so a shut-off domain stays known), ``qmp.sock``,
+registered config, so a shut-off domain stays known),
 ``qemu.pid``, ``console.log`` and ``runstate`` (running/paused, written by
-domsnap so that listing domains never needs the single-client QMP socket).
+domsnap so that listing domains never needs the single-client QMP socket). The QMP
+socket is ``<run dir>/<uuid>.qmp``: a unix socket path must stay under 108 bytes,
+which a state dir deep in the file system would not allow.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from domsnap.errors import (
     Refused,
     UnknownDomain,
 )
+from domsnap.settings import default_run_dir
 from schemas.config import DomainConfig
 from schemas.models import DiskInfo, DomainInfo
 from workers.accel import accelerators
@@ -55,17 +58,24 @@ class QemuDriver(Driver):
                                 revert_memory=True, live_merge=True)
 
     def __init__(self, state_dir: Path, runner: Runner, *, binary: str = "qemu-system-x86_64",
-                 accel: list[str] | None = None, timeout: float = 600.0) -> None:
+                 accel: list[str] | None = None, timeout: float = 600.0,
+                 memory_bandwidth: int = 64 << 30, run_dir: Path | None = None) -> None:
         self.root = state_dir / "domains"
         self.runner = runner
         self.binary = binary
         self.accel = accelerators(accel)
         self.timeout = timeout
+        self.memory_bandwidth = memory_bandwidth  # bytes/s for memory saves
+        self.run_dir = run_dir or default_run_dir()
 
     # ------------------------------------------------------------ registry
 
     def _dir(self, uuid: str) -> Path:
         return self.root / uuid
+
+    def qmp_path(self, uuid: str) -> Path:
+        """The domain's QMP socket (one client at a time: connect, work, disconnect)."""
+        return self.run_dir / f"{uuid}.qmp"
 
     def _registered(self) -> list[str]:
         if not self.root.is_dir():
@@ -101,8 +111,9 @@ class QemuDriver(Driver):
     def undefine(self, uuid: str) -> None:
         self.destroy(uuid)
         d = self._dir(uuid)
-        for name in ("domain.json", "runstate", "qemu.pid", "qmp.sock", "console.log"):
+        for name in ("domain.json", "runstate", "qemu.pid", "console.log"):
             (d / name).unlink(missing_ok=True)
+        self.qmp_path(uuid).unlink(missing_ok=True)
         try:
             d.rmdir()
         except OSError:
@@ -183,7 +194,7 @@ class QemuDriver(Driver):
     def _qmp(self, uuid: str, timeout: float = 30.0) -> QMPClient:
         if not self.pid(uuid):
             raise Refused(f"domain {uuid} is not running", domain=uuid)
-        return QMPClient(self._dir(uuid) / "qmp.sock", timeout=timeout)
+        return QMPClient(self.qmp_path(uuid), timeout=timeout)
 
     def pause(self, uuid: str) -> None:
         with self._qmp(uuid) as q:
@@ -244,6 +255,9 @@ class QemuDriver(Driver):
         q.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "pause-before-switchover", "state": True},
             {"capability": "events", "state": True}]})
+        # QEMU caps migration at 128 MiB/s by default (meant for networks); this one
+        # goes to a local file, and a slow copy only gives the guest time to dirty more.
+        q.execute("migrate-set-parameters", {"max-bandwidth": self.memory_bandwidth})
         memory_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(memory_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -438,7 +452,7 @@ class QemuDriver(Driver):
                  "-nodefaults", "-no-user-config", "-display", "none",
                  "-chardev", f"file,id=con0,path={d / 'console.log'},append=on",
                  "-serial", "chardev:con0",
-                 "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
+                 "-qmp", f"unix:{self.qmp_path(uuid)},server=on,wait=off",
                  "-pidfile", str(d / "qemu.pid"), "-daemonize"]
         if config.kernel:
             argv += ["-kernel", config.kernel]
@@ -468,7 +482,12 @@ class QemuDriver(Driver):
             raise Refused(f"domain {config.name} is running already", domain=uuid)
         d = self._dir(uuid)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (d / "qmp.sock").unlink(missing_ok=True)
+        sock = self.qmp_path(uuid)
+        if len(str(sock).encode()) > 107:
+            raise InvalidInput(f"QMP socket path {sock} is longer than a unix socket allows "
+                               "(107 bytes): set a shorter DOMSNAP_RUN_DIR", field="run_dir")
+        sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        sock.unlink(missing_ok=True)
         self.runner(self._argv(uuid, config, paused=paused or memory_file is not None,
                                incoming=memory_file is not None), timeout=120)
         self.set_domain_config(uuid, config)
@@ -500,7 +519,7 @@ class QemuDriver(Driver):
         if pid is None:
             return
         try:
-            with QMPClient(self._dir(uuid) / "qmp.sock", timeout=5) as q:
+            with QMPClient(self.qmp_path(uuid), timeout=5) as q:
                 q.execute("quit")
         except DomsnapError:
             os.kill(pid, signal.SIGTERM)
