@@ -14,5 +14,5 @@ test-unit: setup
 	.venv/bin/pytest -q tests/unit
 
 lint: setup
-	.venv/bin/ruff check domsnap workers tasks schemas tests
+	.venv/bin/ruff check domsnap workers tasks schemas tests bench
 	.venv/bin/mypy

@@ -28,7 +28,7 @@ run_suite() {
     if [[ $rc -eq 0 ]]; then results+=("ok"); else results+=("FAILED (exit $rc)"); failed=1; fi
 }
 
-run_suite lint bash -c '.venv/bin/ruff check domsnap workers tasks schemas tests \
+run_suite lint bash -c '.venv/bin/ruff check domsnap workers tasks schemas tests bench \
     && .venv/bin/mypy && .venv/bin/python -m schemas.export --check'
 run_suite unit .venv/bin/pytest -q -p no:cacheprovider tests/unit
 run_suite integration .venv/bin/pytest -q -p no:cacheprovider tests/integration
