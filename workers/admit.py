@@ -28,8 +28,14 @@ def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:
     """The plan for ``req``, or None when there is nothing (more) to do: the job ended
     already (a redelivered message) or was refused (the job record says why)."""
     job = jobs.ensure_job(host, req)
+    if job.state == "running":
+        # Redelivered after admission: if the continuation may never have been sent
+        # (the process died in between), send it again; a duplicate waits on the job's
+        # lock and then finds the step done (workers.recovery.guarded).
+        entry = host.files.read_journal(req.job_id)
+        return entry["plan"] if entry and entry.get("step") == "admitted" else None
     if job.state != "queued":
-        return None  # redelivery of a message whose job already went past admission
+        return None  # redelivery of a message whose job has ended
     emit = jobs.progress_for(host, req.job_id)
     try:
         if req.host != host.name:

@@ -21,6 +21,7 @@ from workers import jobs
 from workers.drivers.base import DiskOp
 from workers.host import Host
 from workers.paths import confined
+from workers.recovery import guarded
 
 
 def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, Any]:
@@ -95,6 +96,7 @@ def _ops(plan: dict[str, Any]) -> list[DiskOp]:
     return [DiskOp(**d) for d in plan["disks"]]
 
 
+@guarded("capture")
 def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, Any]:
     """Memory + all disks of a running/paused domain in one driver call, then commit."""
     emit = jobs.progress_for(host, req.job_id)
@@ -149,6 +151,7 @@ def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> di
         return {"vdev": op.vdev, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
+@guarded("finish")
 def finish_offline(host: Host, req: CreateRequest, plan: dict[str, Any],
                    results: list[dict[str, Any]]) -> dict[str, Any]:
     try:

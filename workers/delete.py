@@ -19,6 +19,7 @@ from schemas.config import DomainConfig
 from schemas.models import DeleteRequest, DomainInfo, SnapshotRecord
 from workers import jobs
 from workers.host import Host
+from workers.recovery import guarded
 
 
 def _chain(host: Host, path: str | None) -> list[str]:
@@ -96,6 +97,7 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
     return steps
 
 
+@guarded("delete")
 def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str, Any]:
     emit = jobs.progress_for(host, req.job_id)
     try:

@@ -35,6 +35,7 @@ class HostFiles:
         self.snapshot_dir = snapshot_dir
         self.journal_dir = state_dir / "journal"
         self.pause_dir = state_dir / "pausing"
+        self.lock_dir = state_dir / "locks"
 
     # ------------------------------------------------------------ snapshot files
 
@@ -84,6 +85,7 @@ class HostFiles:
 
     def remove_journal(self, job_id: str) -> None:
         self.journal_path(job_id).unlink(missing_ok=True)
+        (self.lock_dir / f"{job_id}.lock").unlink(missing_ok=True)
 
     def journals(self) -> list[dict[str, Any]]:
         if not self.journal_dir.is_dir():

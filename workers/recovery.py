@@ -10,8 +10,14 @@ worker left half-done stays so.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from domsnap.errors import DomsnapError, OperationFailed, UnknownSnapshot
 from schemas.models import CreateRequest, DeleteRequest, RevertRequest
@@ -38,6 +44,57 @@ def reconcile(host: Host) -> None:
             if rec.host == host.name and (rec.domain, rec.name) not in have:
                 log.info("writing missing sidecar of %s/%s", rec.domain, rec.name)
                 host.files.write_sidecar(rec)
+
+
+@contextmanager
+def job_lock(host: Host, job_id: str) -> Iterator[None]:
+    """Hold the job's host-local lock: a second delivery of a step waits here while the
+    first one runs, and gets it at once if the first one's process died (the kernel
+    drops a dead process's flock). So "cut short" and "still running" never mix up."""
+    host.files.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(host.files.lock_dir / f"{job_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def guarded(step: str) -> Callable[[Callable[..., dict[str, Any]]],
+                                   Callable[..., dict[str, Any]]]:
+    """Run a continuation step at most once per job, under the job's lock."""
+    def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        @functools.wraps(fn)
+        def run(host: Host, req: jobs.AnyRequest, *args: Any) -> dict[str, Any]:
+            with job_lock(host, req.job_id):
+                if not enter_step(host, req, step):
+                    return host.store.get_job(req.job_id).result or {}
+                return fn(host, req, *args)
+        return run
+    return wrap
+
+
+def enter_step(host: Host, req: jobs.AnyRequest, step: str) -> bool:
+    """Whether a continuation step should run now (messages come at least once).
+
+    No: the job has ended already (a redelivered message), or a previous attempt of
+    this same step died half-way (its pool process was killed, the message came
+    back): that attempt is undone like a dead worker's, and the job fails.
+    Yes: the journal notes that the step started, then it runs.
+    """
+    if host.store.get_job(req.job_id).state in ("succeeded", "failed"):
+        return False
+    entry = host.files.read_journal(req.job_id)
+    if entry is None:
+        jobs.fail(host, req, OperationFailed("the job's journal is missing on this host"))
+        return False
+    if entry.get("step") == step:
+        log.warning("job %s: step %s was cut short before; undoing it", req.job_id, step)
+        _recover_one(host, entry)
+        return False
+    host.files.write_journal(req.job_id, {**entry, "step": step})
+    return True
 
 
 def recover(host: Host) -> None:

@@ -20,6 +20,7 @@ from schemas.config import DomainConfig
 from schemas.models import DomainInfo, RevertRequest, SnapshotRecord
 from workers import jobs
 from workers.host import Host
+from workers.recovery import guarded
 
 
 def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, Any]:
@@ -77,6 +78,7 @@ def _config_after(rec: SnapshotRecord, current: DomainConfig,
     return rec.domain_config.model_copy(update={"disks": disks, "uuid": current.uuid})
 
 
+@guarded("revert")
 def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str, Any]:
     emit = jobs.progress_for(host, req.job_id)
     config = DomainConfig.model_validate(plan["config"])
