@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from domsnap.errors import DomsnapError, from_dict
-from domsnap.settings import Settings, get_settings, reset_settings
+from domsnap.settings import get_settings, reset_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -378,7 +378,3 @@ def domain_destroy(undefine: bool, domain: str) -> None:
     else:
         host.driver.destroy(uuid)
     _publish(host)
-
-
-def settings_for_tests() -> Settings:  # pragma: no cover - convenience for REPL use
-    return get_settings()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -321,11 +320,6 @@ class Store:
                 host=inv.host, domain=uuid,
             )
         return inv.host, info
-
-    @contextmanager
-    def pipeline(self) -> Iterator[Any]:
-        with self.r.pipeline(transaction=True) as pipe:
-            yield pipe
 
     def ping(self) -> None:
         try:

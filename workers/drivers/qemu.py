@@ -186,9 +186,6 @@ class QemuDriver(Driver):
                 continue
         return out
 
-    def console_path(self, uuid: str) -> Path:
-        return self._dir(uuid) / "console.log"
-
     # ------------------------------------------------------------ QMP
 
     def _qmp(self, uuid: str, timeout: float = 30.0) -> QMPClient:
