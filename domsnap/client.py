@@ -162,9 +162,7 @@ class Client:
 
         app = self._app()
 
-        self.store.create_job(JobRecord(job_id=req.job_id, op=req.op, domain=req.domain,
-                                        domain_name=req.domain_name, host=req.host,
-                                        name=req.name, submitted_at=req.submitted_at))
+        self.store.create_job(JobRecord.queued(req, time.time()))
         try:
             app.send_task(ENTRY_TASKS[req.op], args=[req.model_dump(mode="json")],
                           queue=host_queue(req.host), task_id=req.job_id)

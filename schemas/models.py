@@ -214,6 +214,14 @@ class JobRecord(_Versioned):
     error: ErrorInfo | None = None
     result: dict[str, Any] | None = None
 
+    @classmethod
+    def queued(cls, req: CreateRequest | RevertRequest | DeleteRequest,
+               submitted_at: float) -> JobRecord:
+        """The record of a request that has just been accepted."""
+        return cls(job_id=req.job_id, op=req.op, domain=req.domain,
+                   domain_name=req.domain_name, host=req.host, name=req.name,
+                   submitted_at=req.submitted_at or submitted_at)
+
 
 class JobEvent(_Versioned):
     job_id: str

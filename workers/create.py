@@ -16,7 +16,7 @@ from typing import Any
 
 from domsnap.errors import DomsnapError, InvalidInput, OperationFailed, Refused, SnapshotExists
 from schemas.config import DomainConfig
-from schemas.models import CreateRequest, DiskSnapshot, DomainInfo, SnapshotRecord
+from schemas.models import CreateRequest, DiskChoice, DiskSnapshot, DomainInfo, SnapshotRecord
 from workers import jobs
 from workers.drivers.base import DiskOp
 from workers.host import Host
@@ -37,21 +37,16 @@ def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, A
     roots = host.settings.allowed_roots
     snapdir = host.settings.snapshots / req.domain
     disks: list[DiskOp] = []
-    if req.disks is not None:
-        chosen = req.disks
-        for i, c in enumerate(chosen):
-            if c.vdev not in by_vdev:
-                raise InvalidInput(f"disks[{i}].vdev: domain {info.name} has no disk {c.vdev}",
-                                   field=f"disks[{i}].vdev")
-    else:
-        from schemas.models import DiskChoice
-
-        chosen = [DiskChoice(vdev=d.vdev) for d in config.disks if d.writable and d.target]
+    chosen = req.disks if req.disks is not None else [
+        DiskChoice(vdev=d.vdev) for d in config.disks if d.writable and d.target]
     if not chosen:
         raise InvalidInput(f"domain {info.name} has no writable disk to snapshot", field="disks")
     seen: set[str] = set()
     for i, c in enumerate(chosen):
-        spec = by_vdev[c.vdev]
+        spec = by_vdev.get(c.vdev)
+        if spec is None:
+            raise InvalidInput(f"disks[{i}].vdev: domain {info.name} has no disk {c.vdev}",
+                               field=f"disks[{i}].vdev")
         if c.vdev in seen:
             raise InvalidInput(f"disks[{i}].vdev: {c.vdev} listed twice", field=f"disks[{i}].vdev")
         seen.add(c.vdev)
@@ -113,8 +108,8 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
         host.files.clear_pausing(req.domain, req.job_id)
         emit("resumed", f"domain back to {live.domain_state}; paused {live.pause_ms} ms")
         # all disks went in one atomic transaction: each took the transaction's time
-        per_disk = {d.vdev: max(live.disk_ms.values(), default=0.0) for d in disks}
-        result = commit(host, req, plan, disk_ms=per_disk, pause_ms=live.pause_ms,
+        result = commit(host, req, plan, disk_ms={d.vdev: live.disks_ms for d in disks},
+                        pause_ms=live.pause_ms,
                         memory_save_ms=live.memory_save_ms, memory_bytes=live.memory_bytes,
                         domain_state=live.domain_state)
     except BaseException as exc:

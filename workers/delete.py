@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import DomsnapError, Refused
+from domsnap.errors import Refused
 from schemas.config import DomainConfig
 from schemas.models import DeleteRequest, DomainInfo, SnapshotRecord
 from workers import jobs
@@ -32,12 +32,8 @@ def _chain(host: Host, path: str | None) -> list[str]:
 
 
 def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, Any]:
-    records = host.store.list_snapshots(req.domain)
-    rec = next((r for r in records if r.name == req.name), None)
-    if rec is None:
-        host.store.get_snapshot(req.domain, req.name)  # raises UnknownSnapshot
-        raise AssertionError
-    others = [r for r in records if r.name != rec.name]
+    rec = host.store.get_snapshot(req.domain, req.name)  # UnknownSnapshot if gone
+    others = [r for r in host.store.list_snapshots(req.domain) if r.name != rec.name]
     config = host.driver.domain_config(req.domain)
     active_path = {d.vdev: d.target for d in config.disks}
     running = info.state in ("running", "paused")
@@ -164,9 +160,6 @@ def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, str]) -> N
             changed.append(new)
     if changed:
         host.store.put_snapshots(req.domain, changed)
-    try:
-        cfg: DomainConfig = host.driver.domain_config(req.domain)
-        host.driver.set_domain_config(req.domain, cfg.model_copy(update={"disks": [
-            d.model_copy(update={"target": fix(d.target)}) for d in cfg.disks]}))
-    except DomsnapError:
-        raise
+    cfg: DomainConfig = host.driver.domain_config(req.domain)
+    host.driver.set_domain_config(req.domain, cfg.model_copy(update={"disks": [
+        d.model_copy(update={"target": fix(d.target)}) for d in cfg.disks]}))

@@ -32,9 +32,7 @@ def progress_for(host: Host, job_id: str) -> Progress:
 
 def ensure_job(host: Host, req: AnyRequest) -> JobRecord:
     """The job record; created here when a control plane enqueued the message directly."""
-    job = JobRecord(job_id=req.job_id, op=req.op, domain=req.domain,
-                    domain_name=req.domain_name, host=req.host, name=req.name,
-                    submitted_at=req.submitted_at or time.time())
+    job = JobRecord.queued(req, time.time())
     if host.store.create_job(job):
         return job
     return host.store.get_job(req.job_id)

@@ -203,8 +203,7 @@ class QemuDriver(Driver):
         switchover) is cancelled first, or QEMU would refuse to continue."""
         with self._qmp(uuid) as q:
             self._abort_migration(q)
-            q.poll("query-status", None, until=lambda r: r.get("status") != "finish-migrate",
-                   timeout=30, interval=0.005)
+            self._wait_finalized(q)
             q.execute("cont")
         self._runstate(uuid, "running")
 
@@ -236,15 +235,18 @@ class QemuDriver(Driver):
         if was_running:
             q.execute("stop")
         try:
-            t0 = time.monotonic()
-            if actions:
-                q.execute("transaction", {"actions": actions})
-            ms = (time.monotonic() - t0) * 1000
-            result.disk_ms = {str(a["data"].get("device") or a["data"].get("node-name")): ms
-                              for a in actions}
+            self._transaction(q, actions, result)
         finally:
             if was_running:
                 q.execute("cont")
+
+    def _transaction(self, q: QMPClient, actions: list[dict[str, Any]],
+                     result: LiveResult) -> None:
+        """Every disk in one atomic transaction (all or none), timed."""
+        t0 = time.monotonic()
+        if actions:
+            q.execute("transaction", {"actions": actions})
+        result.disks_ms = round((time.monotonic() - t0) * 1000, 3)
 
     def _capture_with_memory(self, q: QMPClient, uuid: str, memory_file: Path,
                              actions: list[dict[str, Any]], was_running: bool,
@@ -275,13 +277,8 @@ class QemuDriver(Driver):
                 raise QMPError(f"memory save stopped: {info.get('status')}: "
                                f"{info.get('error-desc', '')}", sent="migrate", received=info)
             # The guest is stopped here: take every disk at once, then switch over.
-            t_disk = time.monotonic()
-            if actions:
-                q.execute("transaction", {"actions": actions})
+            self._transaction(q, actions, result)
             disks_taken = True
-            dms = (time.monotonic() - t_disk) * 1000
-            result.disk_ms = {str(a["data"].get("device") or a["data"].get("node-name")): dms
-                              for a in actions}
             q.execute("migrate-continue", {"state": "pre-switchover"})
             info = q.poll("query-migrate", None,
                           until=lambda r: r.get("status") in ("completed", "failed", "cancelled"),
@@ -289,10 +286,7 @@ class QemuDriver(Driver):
             if info.get("status") != "completed":
                 raise QMPError(f"memory save failed: {info.get('error-desc', info.get('status'))}",
                                sent="migrate-continue", received=info)
-            # `completed` can come while the run state is still finish-migrate, when a
-            # `cont` fails with "Migration is not finalized yet" (seen about 1 in 70).
-            q.poll("query-status", None, until=lambda r: r.get("status") != "finish-migrate",
-                   timeout=30, interval=0.001)
+            self._wait_finalized(q)
             # A completed migration inactivates the block nodes (and leaves the run state
             # postmigrate, from which no later snapshot can start); `cont` activates them
             # again. QEMU 7.2 has no other way back, so a domain that was paused gets a
@@ -312,6 +306,12 @@ class QemuDriver(Driver):
             if was_running and not resumed:
                 self._resume_quietly(q)
             raise
+
+    def _wait_finalized(self, q: QMPClient) -> None:
+        """`completed` can come while the run state is still finish-migrate, when a
+        `cont` fails with "Migration is not finalized yet" (seen about 1 in 70)."""
+        q.poll("query-status", None, until=lambda r: r.get("status") != "finish-migrate",
+               timeout=30, interval=0.001)
 
     def _abort_migration(self, q: QMPClient) -> None:
         try:
