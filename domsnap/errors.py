@@ -20,6 +20,7 @@ caught, at exactly one boundary each::
      ├── BackendError                 a service domsnap depends on failed
      │    ├── CommandFailed           a subprocess: keeps argv, exit code, stderr
      │    ├── QMPError                QMP: keeps what was sent and what came back
+     │    ├── XlParseError            xl printed what its parser cannot read (keeps an excerpt)
      │    └── StoreUnavailable        Redis could not be reached
      ├── OperationTimeout
      └── OperationFailed              a job ended in failure (carries the worker's error)
@@ -182,6 +183,23 @@ class QMPError(BackendError):
         self.sent = sent
         self.received = received
         self.error_class = error_class
+
+
+class XlParseError(BackendError):
+    """xl printed something the parsers (workers/xlparse.py) do not understand."""
+
+    code = "xl_parse"
+    reason: str = ""
+    excerpt: str = ""
+
+    def __init__(self, reason: str, text: str = "") -> None:
+        text = text.strip()
+        excerpt = "(empty output)" if not text else (
+            repr(text[:100]) + ("..." if len(text) > 100 else ""))
+        super().__init__(f"cannot parse xl output: {reason}: {excerpt}", reason=reason,
+                         excerpt=excerpt)
+        self.reason = reason
+        self.excerpt = excerpt
 
 
 class StoreUnavailable(BackendError):

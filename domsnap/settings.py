@@ -8,6 +8,7 @@ Redis/broker URLs) come only from the environment or the file named by
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -51,7 +52,8 @@ class Settings(BaseSettings):
     snapshot_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     host: str = Field(default_factory=socket.gethostname)
-    driver: Literal["qemu", "xl"] = "qemu"
+    # empty: xl where the xl binary is on PATH (a Xen dom0), else qemu
+    driver: Literal["qemu", "xl", ""] = ""
 
     job_ttl_s: int = 7 * 24 * 3600
     heartbeat_s: float = 5.0
@@ -61,6 +63,13 @@ class Settings(BaseSettings):
     concurrency: int = 2
     inflight_concurrency: int = 2
     command_timeout_s: float = 600.0
+
+    xl_binary: str = "xl"
+    xen_run_dir: Path = Path("/var/run/xen")  # where libxl puts qmp-libxl-<domid>
+    lvm_binary: str = "lvm"
+    # COW space of an LVM snapshot: a size ("10G") or extents ("100%ORIGIN": can never
+    # fill up and be invalidated, at the price of the origin's size)
+    lvm_snapshot_size: str = "100%ORIGIN"
 
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"
@@ -98,12 +107,18 @@ class Settings(BaseSettings):
             self.broker_url = self.redis_url
         if not self.result_backend_url:
             self.result_backend_url = self.redis_url
+        if not self.driver:
+            self.driver = "xl" if shutil.which(self.xl_binary) else "qemu"
         return self
 
     @property
     def snapshots(self) -> Path:
         """Where snapshot files and sidecar records go on this host."""
-        return self.snapshot_dir or self.state_dir / "snapshots"
+        if self.snapshot_dir:
+            return self.snapshot_dir
+        if self.driver == "xl":  # where the libxl snapshot RFC put them
+            return Path("/var/lib/xen/snapshots")
+        return self.state_dir / "snapshots"
 
     @property
     def allowed_roots(self) -> list[Path]:

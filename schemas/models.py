@@ -163,13 +163,22 @@ class HostInventory(_Versioned):
 # ---------------------------------------------------------------- records
 
 
+DiskStrategy = Literal["qmp", "qemu-img", "save-restore", "lvm"]
+
+
 class DiskSnapshot(BaseModel):
     vdev: str
     type: SnapshotType
     format: DiskFormat
     file: str = Field(description="internal: the image holding the snapshot; "
-                      "external: the frozen image with the snapshot's content")
-    overlay: str | None = Field(default=None, description="external: the delta started at it")
+                      "external: the frozen image with the snapshot's content "
+                      "(lvm: the snapshot volume)")
+    overlay: str | None = Field(default=None, description="external: the delta started at it "
+                                "(lvm: none, the origin volume goes on)")
+    strategy: DiskStrategy | None = Field(
+        default=None, description="how it was taken: qmp (one atomic transaction in the "
+        "running domain's QEMU), qemu-img (domain shut off), save-restore (domain saved, "
+        "disks taken offline, domain restored), lvm (LVM snapshot of a raw volume)")
     duration_ms: float = 0.0
     size_bytes: int | None = None
 

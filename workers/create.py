@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from domsnap.errors import DomsnapError, InvalidInput, OperationFailed, Refused,
 from schemas.config import DomainConfig
 from schemas.models import CreateRequest, DiskChoice, DiskSnapshot, DomainInfo, SnapshotRecord
 from workers import jobs
+from workers.diskops import take_offline, undo_offline
 from workers.drivers.base import DiskOp
 from workers.host import Host
 from workers.paths import confined
@@ -42,6 +44,7 @@ def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, A
     if not chosen:
         raise InvalidInput(f"domain {info.name} has no writable disk to snapshot", field="disks")
     seen: set[str] = set()
+    wanted: dict[str, str | None] = {}  # vdev -> the target the request named
     for i, c in enumerate(chosen):
         spec = by_vdev.get(c.vdev)
         if spec is None:
@@ -62,16 +65,26 @@ def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, A
             if c.target:
                 raise InvalidInput(f"disks[{i}].target: an internal snapshot has no target",
                                    field=f"disks[{i}].target")
-            disks.append(DiskOp(vdev=c.vdev, path=spec.target, format=spec.format,
-                                type="internal"))
-        else:
-            if c.format not in (None, "qcow2"):
-                raise InvalidInput(f"disks[{i}].format: external overlays are qcow2",
-                                   field=f"disks[{i}].format")
-            target = c.target or str(snapdir / f"{req.name}.{c.vdev}.qcow2")
-            path = confined(target, roots, field=f"disks[{i}].target")
-            disks.append(DiskOp(vdev=c.vdev, path=spec.target, format=spec.format,
-                                type="external", target=str(path)))
+        elif c.format not in (None, "qcow2"):
+            raise InvalidInput(f"disks[{i}].format: external overlays are qcow2",
+                               field=f"disks[{i}].format")
+        wanted[c.vdev] = c.target
+        disks.append(DiskOp(vdev=c.vdev, path=spec.target, format=spec.format,
+                            type=kind, backend=spec.backendtype))
+    strategies = host.driver.disk_strategies(req.domain, disks, active=active)
+    for i, (op, strategy) in enumerate(zip(disks, strategies, strict=True)):
+        target: str | None = None
+        if strategy == "lvm":
+            lv = host.lvm.probe(op.path)
+            if wanted[op.vdev] or lv is None:
+                raise InvalidInput(f"disks[{i}].target: {op.vdev} gets an LVM snapshot in its "
+                                   "own volume group; it takes no target",
+                                   field=f"disks[{i}].target")
+            target = host.lvm.snapshot_path(lv, req.name)
+        elif op.type == "external":
+            target = str(confined(wanted[op.vdev] or str(snapdir / f"{req.name}.{op.vdev}.qcow2"),
+                                  roots, field=f"disks[{i}].target"))
+        disks[i] = replace(op, strategy=strategy, target=target)
     targets = [d.target for d in disks if d.target]
     if len(set(targets)) != len(targets):
         raise InvalidInput("disks: two disks share one external target", field="disks")
@@ -130,13 +143,7 @@ def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> di
         if host.driver.is_active(req.domain):
             raise Refused("the domain started while its disks were being snapshotted offline")
         host.files.domain_dir(req.domain)
-        if op.type == "internal":
-            if req.name in host.img.snapshot_list(op.path):
-                raise SnapshotExists(f"{op.path} already holds an internal snapshot {req.name!r}")
-            host.img.snapshot_create(op.path, req.name)
-        else:
-            assert op.target is not None
-            host.img.create(op.target, fmt="qcow2", backing=op.path, backing_fmt=op.format)
+        take_offline(host.img, host.lvm, op, req.name)
         ms = round((time.monotonic() - t0) * 1000, 3)
         jobs.progress_for(host, req.job_id)("disk", f"{op.vdev}: {op.type} snapshot in {ms} ms")
         return {"vdev": op.vdev, "ok": True, "ms": ms}
@@ -175,16 +182,19 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
     config = DomainConfig.model_validate(plan["config"])
     disks = _ops(plan)
     new_cfg = config.model_copy(update={"disks": [
-        d.model_copy(update={"target": next((o.target for o in disks
-                                             if o.vdev == d.vdev and o.type == "external"),
+        d.model_copy(update={"target": next((o.target for o in disks if o.vdev == d.vdev
+                                             and o.type == "external" and o.strategy != "lvm"),
                                             d.target)})
         for d in config.disks]})
     host.driver.set_domain_config(req.domain, new_cfg)
     snaps = []
     for op in disks:
+        lvm = op.strategy == "lvm"  # the snapshot volume holds the frozen state
         size = _size(op.target if op.type == "external" else op.path)
         snaps.append(DiskSnapshot(vdev=op.vdev, type=op.type, format=op.format,  # type: ignore[arg-type]
-                                  file=op.path, overlay=op.target,
+                                  file=op.target if lvm and op.target else op.path,
+                                  overlay=None if lvm else op.target,
+                                  strategy=op.strategy or None,  # type: ignore[arg-type]
                                   duration_ms=disk_ms.get(op.vdev, 0.0), size_bytes=size))
     record = SnapshotRecord(
         name=req.name, domain=req.domain, domain_name=config.name, host=host.name,
@@ -222,12 +232,8 @@ def _rollback(host: Host, req: CreateRequest, plan: dict[str, Any], *, live_take
             host.driver.undo_disks(req.domain, name=req.name, disks=disks)
             host.driver.set_domain_config(req.domain, config)
         for op in disks:
-            if offline_done is None or op.vdev not in offline_done:
-                continue
-            if op.type == "internal":
-                host.img.snapshot_delete(op.path, req.name)
-            elif op.target:
-                Path(op.target).unlink(missing_ok=True)
+            if offline_done is not None and op.vdev in offline_done:
+                undo_offline(host.img, host.lvm, op, req.name)
     except DomsnapError as exc:
         emit("rollback", f"rollback incomplete: {exc.message}")
     finally:

@@ -39,6 +39,9 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
     running = info.state in ("running", "paused")
     steps: list[dict[str, Any]] = []
     for disk in rec.disks:
+        if disk.strategy == "lvm":
+            steps.append({"op": "lvm-remove", "vdev": disk.vdev, "path": disk.file})
+            continue
         chain = _chain(host, active_path.get(disk.vdev))
         if disk.type == "internal":
             live = running and disk.file in chain
@@ -59,7 +62,7 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
 def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
                    overlay: str | None, others: list[SnapshotRecord], active_chain: list[str],
                    running: bool) -> list[dict[str, Any]]:
-    mine = [d for r in others for d in r.disks if d.vdev == vdev]
+    mine = [d for r in others for d in r.disks if d.vdev == vdev and d.strategy != "lvm"]
     holds_others = any(d.file == frozen for d in mine)  # e.g. internal snapshots in F
     known = {p for d in mine for p in (d.file, d.overlay) if p} | set(active_chain)
     if overlay:
@@ -116,6 +119,9 @@ def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str
                     host.img.rebase(child, step["base"], unsafe=True)
                 renames[step["top"]] = step["base"]
                 Path(step["top"]).unlink(missing_ok=True)
+            elif op == "lvm-remove":
+                emit("disk", f"{step['vdev']}: removing LVM snapshot {step['path']}")
+                host.lvm.remove(step["path"])
             elif op == "rm":
                 Path(step["path"]).unlink(missing_ok=True)
         if renames:

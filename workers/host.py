@@ -11,6 +11,7 @@ from domsnap.settings import Settings, get_settings
 from domsnap.store import Store
 from workers.drivers.base import Driver
 from workers.hostfiles import HostFiles
+from workers.lvm import Lvm
 from workers.qemu_img import QemuImg
 from workers.runner import Runner, SubprocessRunner
 
@@ -21,6 +22,7 @@ class Host:
     store: Store
     driver: Driver
     img: QemuImg
+    lvm: Lvm
     files: HostFiles
     runner: Runner
 
@@ -30,6 +32,15 @@ class Host:
 
 
 def make_driver(settings: Settings, runner: Runner) -> Driver:
+    if settings.driver == "xl":
+        from workers.drivers.xl import XlDriver
+
+        if shutil.which(settings.xl_binary) is None:
+            raise InvalidInput(f"driver 'xl' needs {settings.xl_binary!r} on PATH",
+                               field="driver")
+        return XlDriver(settings.state_dir, runner, img=make_img(settings, runner),
+                        lvm=make_lvm(settings, runner), binary=settings.xl_binary,
+                        xen_run_dir=settings.xen_run_dir, timeout=settings.command_timeout_s)
     if settings.driver == "qemu":
         from workers.drivers.qemu import QemuDriver
 
@@ -37,10 +48,17 @@ def make_driver(settings: Settings, runner: Runner) -> Driver:
                           accel=settings.qemu_accel, timeout=settings.command_timeout_s,
                           memory_bandwidth=settings.qemu_memory_bandwidth,
                           run_dir=settings.run_dir)
-    if settings.driver == "xl" and shutil.which("xl") is None:
-        raise InvalidInput("driver 'xl' needs the xl binary on PATH", field="driver")
     raise InvalidInput(f"driver {settings.driver!r} is not available in this build",
                        field="driver")
+
+
+def make_img(settings: Settings, runner: Runner) -> QemuImg:
+    return QemuImg(runner, binary=settings.qemu_img, timeout=settings.command_timeout_s)
+
+
+def make_lvm(settings: Settings, runner: Runner) -> Lvm:
+    return Lvm(runner, timeout=settings.command_timeout_s, binary=settings.lvm_binary,
+               snapshot_size=settings.lvm_snapshot_size)
 
 
 def build_host(settings: Settings) -> Host:
@@ -50,7 +68,8 @@ def build_host(settings: Settings) -> Host:
         store=Store.from_url(settings.redis_url, prefix=settings.key_prefix,
                              job_ttl_s=settings.job_ttl_s),
         driver=make_driver(settings, runner),
-        img=QemuImg(runner, binary=settings.qemu_img, timeout=settings.command_timeout_s),
+        img=make_img(settings, runner),
+        lvm=make_lvm(settings, runner),
         files=HostFiles(settings.state_dir, settings.snapshots),
         runner=runner,
     )

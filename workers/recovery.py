@@ -22,6 +22,7 @@ from typing import Any
 from domsnap.errors import DomsnapError, OperationFailed, UnknownSnapshot
 from schemas.models import CreateRequest, DeleteRequest, RevertRequest
 from workers import jobs
+from workers.diskops import undo_offline
 from workers.drivers.base import DiskOp
 from workers.host import Host
 
@@ -136,7 +137,9 @@ def _recover_one(host: Host, entry: dict[str, object]) -> None:
         disks = [DiskOp(**d) for d in plan.get("disks", [])]
         for op in disks:
             try:
-                if op.type == "internal" and req.name in host.img.snapshot_list(
+                if op.strategy == "lvm":
+                    undo_offline(host.img, host.lvm, op, req.name)
+                elif op.type == "internal" and req.name in host.img.snapshot_list(
                         op.path, force_share=True):
                     if host.driver.is_active(uuid):
                         host.driver.delete_internal_live(uuid, name=req.name, path=op.path)

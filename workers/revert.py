@@ -33,7 +33,13 @@ def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, A
     for disk in rec.disks:
         if not os.path.exists(disk.file):
             raise Refused(f"snapshot {rec.name}: image {disk.file} of {disk.vdev} is missing")
-        if disk.type == "internal" and active.get(disk.vdev) == disk.file:
+        if disk.strategy == "lvm":
+            origin = active.get(disk.vdev)
+            if origin is None:
+                raise Refused(f"snapshot {rec.name}: the domain has no disk {disk.vdev} now")
+            steps.append({"op": "lvm-revert", "vdev": disk.vdev, "path": origin,
+                          "snapshot": disk.file})
+        elif disk.type == "internal" and active.get(disk.vdev) == disk.file:
             steps.append({"op": "apply", "vdev": disk.vdev, "path": disk.file})
             new_paths[disk.vdev] = disk.file
         elif disk.type == "internal":
@@ -93,6 +99,13 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
             if step["op"] == "apply":
                 emit("disk", f"{step['vdev']}: applying internal snapshot {req.name}")
                 host.img.snapshot_apply(step["path"], req.name)
+            elif step["op"] == "lvm-revert":
+                emit("disk", f"{step['vdev']}: merging LVM snapshot {step['snapshot']} back "
+                     f"into {step['path']}")
+                origin = host.lvm.probe(step["path"])
+                if origin is None:
+                    raise Refused(f"{step['vdev']}: {step['path']} is no longer an LVM volume")
+                host.lvm.revert(origin, req.name)
             elif step["op"] == "copyout":
                 emit("disk", f"{step['vdev']}: copying internal snapshot {req.name} out of "
                      f"{step['source']} (now a backing image)")

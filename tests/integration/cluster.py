@@ -39,13 +39,46 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 300,
     return proc
 
 
+STANDIN_DIR = REPO / "tests" / "xlstandin"
+
+
 @dataclass
 class HostHandle:
+    """One host of the fleet. ``driver`` is its hypervisor: ``qemu`` (domsnap is the
+    toolstack) or ``xl`` (a dom0, here the stand-in ``xl`` over real QEMU)."""
+
     name: str
     root: Path
     env: dict[str, str]
+    driver: str = "qemu"
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+
+    @property
+    def vdevs(self) -> list[str]:
+        """Disk names the toolstack uses: virtio for qemu, Xen's xvd* for xl."""
+        letters = "abcdefgh"
+        return [f"xvd{c}" if self.driver == "xl" else f"vd{c}" for c in letters]
+
+    @property
+    def xen(self) -> Path:
+        """The stand-in's state (XL_STANDIN_ROOT)."""
+        return self.root / "xen"
+
+    @property
+    def xen_run(self) -> Path:
+        """Plays /var/run/xen (DOMSNAP_XEN_RUN_DIR = XL_STANDIN_RUN_DIR)."""
+        return self.root / "run"
+
+    def xl(self, *args: str, check: bool = True, timeout: float = 300
+           ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(STANDIN_DIR / "xl"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"xl {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
 
     @property
     def state_dir(self) -> Path:
@@ -67,6 +100,8 @@ class HostHandle:
         return self.state_dir / "domains" / uuid
 
     def console(self, uuid: str) -> Path:
+        if self.driver == "xl":
+            return self.xen / "console" / f"{uuid}.log"
         return self.domain_dir(uuid) / "console.log"
 
 
@@ -82,16 +117,91 @@ class Domain:
         return self.host.console(self.uuid)
 
     @property
+    def vdevs(self) -> list[str]:
+        return list(self.disks)
+
+    def _xen_file(self, name: str) -> str | None:
+        try:
+            return (self.host.xen / "domains" / self.uuid / name).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    @property
     def qmp(self) -> Path:
-        """The domain's QMP socket, where the qemu driver puts it."""
+        """The domain's QMP socket: where the qemu driver puts it, or the device model's
+        (``qmp-libxl-<domid>``) on a dom0."""
+        if self.host.driver == "xl":
+            return self.host.xen_run / f"qmp-libxl-{self._xen_file('domid')}"
         from workers.drivers.qemu import QemuDriver
         from workers.runner import SubprocessRunner
 
         return QemuDriver(self.host.state_dir, SubprocessRunner()).qmp_path(self.uuid)
 
-    def config(self) -> dict[str, Any]:
+    def pid(self) -> int | None:
+        """The pid of the domain's QEMU if that process is alive."""
+        if self.host.driver == "xl":
+            text = self._xen_file("qemu.pid")
+            if not text:
+                return None
+            try:
+                os.kill(int(text), 0)
+            except ProcessLookupError:
+                return None
+            return int(text)
+        from workers.drivers.qemu import QemuDriver
+        from workers.runner import SubprocessRunner
+
+        return QemuDriver(self.host.state_dir, SubprocessRunner()).pid(self.uuid)
+
+    def state(self) -> str:
+        """running / paused / shutoff, as the host's toolstack says."""
         import json
 
+        if self.host.driver == "xl":
+            proc = self.host.xl("list", self.name, check=False)
+            if proc.returncode != 0:
+                return "shutoff"
+            row = proc.stdout.splitlines()[-1].split()
+            return "paused" if "p" in row[4] else "running"
+        out = self.host.cli("domain-list", "--json", check=True).stdout
+        for d in json.loads(out):
+            if d["uuid"] == self.uuid:
+                return str(d["state"])
+        raise AssertionError(f"{self.name} not in domain-list: {out}")
+
+    def pause(self) -> None:
+        if self.host.driver == "xl":
+            self.host.xl("pause", self.name)
+        else:
+            self.host.cli("domain-pause", self.name, check=True)
+
+    def unpause(self) -> None:
+        if self.host.driver == "xl":
+            self.host.xl("unpause", self.name)
+        else:
+            self.host.cli("domain-unpause", self.name, check=True)
+
+    def destroy(self) -> None:
+        """Shut the domain off at once; domsnap still knows it."""
+        if self.host.driver == "xl":
+            self.host.xl("destroy", self.name)
+        else:
+            self.host.cli("domain-destroy", self.name, check=True)
+
+    def start(self) -> None:
+        """Start the shut-off domain again from the config domsnap keeps."""
+        if self.host.driver == "xl":
+            self.host.xl("create", str(self.host.state_dir / "xl" / f"{self.uuid}.cfg"))
+        else:
+            self.host.cli("domain-start", self.name, check=True)
+
+    def config(self) -> dict[str, Any]:
+        """The domain's config as domsnap keeps it (the driver's registry)."""
+        import json
+
+        if self.host.driver == "xl":
+            entry = json.loads((self.host.state_dir / "xl" / f"{self.uuid}.json").read_text())
+            return dict(entry["config"])
         data: dict[str, Any] = json.loads((self.host.domain_dir(self.uuid)
                                             / "domain.json").read_text())
         return data
@@ -126,10 +236,25 @@ class Cluster:
         env.update(extra)
         return env
 
-    def host(self, name: str, **extra: str) -> HostHandle:
+    def host(self, name: str, *, driver: str = "qemu", **extra: str) -> HostHandle:
         if name not in self.hosts:
-            h = HostHandle(name=name, root=self.base / name, env=self.env_for(name, **extra))
+            root = self.base / name
+            if driver == "xl":
+                from workers.accel import accelerators
+
+                extra = {"DOMSNAP_DRIVER": "xl",
+                         "PATH": f"{STANDIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                         "DOMSNAP_XEN_RUN_DIR": str(root / "run"),
+                         "DOMSNAP_SNAPSHOT_DIR": str(root / "state" / "snapshots"),
+                         "XL_STANDIN_ROOT": str(root / "xen"),
+                         "XL_STANDIN_RUN_DIR": str(root / "run"),
+                         "XL_STANDIN_ACCEL": ",".join(accelerators(None)),
+                         "XL_STANDIN_SUSPEND_TIMEOUT": "2", **extra}
+            h = HostHandle(name=name, root=root, env=self.env_for(name, **extra), driver=driver)
             h.images.mkdir(parents=True, exist_ok=True)
+            h.xen_run.mkdir(parents=True, exist_ok=True)
+            if len(str(h.xen_run / "standin-ctl-9999")) > 107:
+                raise AssertionError(f"{h.xen_run} is too deep for unix sockets")
             self.hosts[name] = h
         return self.hosts[name]
 
@@ -140,8 +265,8 @@ class Cluster:
         return Client(self.settings(**extra))
 
     def start_worker(self, name: str, *, concurrency: int = 2, inflight: int = 2,
-                     **extra: str) -> HostHandle:
-        h = self.host(name, **extra)
+                     driver: str = "qemu", **extra: str) -> HostHandle:
+        h = self.host(name, driver=driver, **extra)
         h.log = self.base / f"worker-{name}.log"
         fh = open(h.log, "ab")  # noqa: SIM115 - lives as long as the worker
         h.proc = subprocess.Popen(
@@ -189,12 +314,15 @@ class Cluster:
 
     def create_domain(self, host: str, name: str, *, disks: int = 2, guest: bool = True,
                       raw_disk: bool = False, memory: int = 128, start: bool = True,
-                      tick: float = 1.0) -> Domain:
+                      tick: float = 1.0, extra_cfg: list[str] | None = None) -> Domain:
         h = self.host(host)
+        if h.driver != "qemu":  # names are fleet-wide: the same test runs once per driver
+            name = f"{name}-{h.driver}"
+        extra_cfg = extra_cfg or []
         paths: dict[str, Path] = {}
         specs = []
         for i in range(disks):
-            vdev = f"vd{chr(ord('a') + i)}"
+            vdev = h.vdevs[i]
             fmt = "raw" if raw_disk and i == disks - 1 else "qcow2"
             p = self.make_disk(h, f"{name}-{vdev}", fmt=fmt)
             paths[vdev] = p
@@ -206,9 +334,16 @@ class Cluster:
             kernel, initrd = ensure_guest()
             lines += [f'kernel = "{kernel}"', f'ramdisk = "{initrd}"',
                       f'extra = "console=ttyS0 quiet panic=-1 domsnap.tick={tick}"']
+        lines += extra_cfg
         cfg = h.root / f"{name}.cfg"
         cfg.write_text("\n".join(lines) + "\n")
-        if start:
+        if h.driver == "xl":
+            h.xl("create", str(cfg))
+            dom = Domain(host=h, name=name, uuid=dom_uuid, disks=paths)
+            if not start:  # a dom0 knows only running domains: domsnap must see it first
+                self.wait_inventory(dom)
+                dom.destroy()
+        elif start:
             h.cli("domain-create", str(cfg), check=True)
         else:
             from domsnap.xlcfg import load_domain_config
@@ -238,7 +373,7 @@ class Cluster:
 
     def destroy_all(self) -> None:
         for h in self.hosts.values():
-            dom_root = h.state_dir / "domains"
+            dom_root = h.xen / "domains" if h.driver == "xl" else h.state_dir / "domains"
             if not dom_root.is_dir():
                 continue
             for d in dom_root.iterdir():

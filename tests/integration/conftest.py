@@ -33,3 +33,17 @@ def h1(cluster: Cluster) -> str:
 @pytest.fixture(scope="session")
 def h2(cluster: Cluster) -> str:
     return cluster.start_worker(f"h2-{cluster.suffix}").name
+
+
+@pytest.fixture(scope="session", params=["qemu", "xl"])
+def hv_host(cluster: Cluster, request: pytest.FixtureRequest) -> str:
+    """A host of each driver: the end-to-end suite runs once per hypervisor driver
+    (qemu: domsnap's own QEMU; xl: a dom0, here the stand-in xl over real QEMU)."""
+    name: str = request.getfixturevalue("h1" if request.param == "qemu" else "x1")
+    return name
+
+
+@pytest.fixture(scope="session")
+def x1(cluster: Cluster) -> str:
+    """A dom0 host: the xl driver against the stand-in xl over real QEMU."""
+    return cluster.start_worker(f"x1-{cluster.suffix}", driver="xl").name

@@ -30,8 +30,8 @@ def backing_of(path: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def web(cluster: Cluster, h1: str) -> Domain:
-    dom = cluster.create_domain(h1, "web", guest=False)
+def web(cluster: Cluster, hv_host: str) -> Domain:
+    dom = cluster.create_domain(hv_host, "web", guest=False)
     cluster.wait_inventory(dom)
     return dom
 
@@ -49,7 +49,7 @@ def test_domain_snapshot_has_memory_and_every_disk(cluster: Cluster, web: Domain
     assert rec.pause_ms is not None and rec.pause_ms > 0
     assert rec.memory_bytes and rec.memory_bytes > 0
     assert rec.memory_save_ms is not None
-    assert [d.vdev for d in rec.disks] == ["vda", "vdb"]
+    assert [d.vdev for d in rec.disks] == web.vdevs
     for disk in rec.disks:
         assert disk.type == "internal"
         assert "full" in internal_snapshots(disk.file)
@@ -69,7 +69,7 @@ def test_domain_snapshot_has_memory_and_every_disk(cluster: Cluster, web: Domain
 
 def test_external_snapshot_starts_overlays(cluster: Cluster, web: Domain) -> None:
     client = cluster.client()
-    before = {v: web.active(v) for v in ("vda", "vdb")}
+    before = {v: web.active(v) for v in web.vdevs}
     job = client.wait(client.create(web.name, name="ext", type="external"), timeout=120)
     assert job.state == "succeeded", job.error
     rec = client.snapshot(web.name, "ext")
@@ -91,8 +91,7 @@ def test_disk_only_snapshot_of_running_domain(cluster: Cluster, web: Domain) -> 
     assert not (web.host.snapshots / web.uuid / "donly.save").exists()
     for disk in rec.disks:
         assert "donly" in internal_snapshots(disk.file)
-    info = json.loads(web.host.cli("domain-list", "--json", check=True).stdout)
-    assert next(d for d in info if d["uuid"] == web.uuid)["state"] == "running"
+    assert web.state() == "running"
 
 
 def test_default_name_is_the_epoch_second(cluster: Cluster, web: Domain) -> None:
@@ -104,8 +103,8 @@ def test_default_name_is_the_epoch_second(cluster: Cluster, web: Domain) -> None
     client.wait(client.delete(web.name, job.name), timeout=120)
 
 
-def test_config_file_chooses_disks_and_types(cluster: Cluster, h1: str) -> None:
-    dom = cluster.create_domain(h1, "cfgdom", guest=False)
+def test_config_file_chooses_disks_and_types(cluster: Cluster, hv_host: str) -> None:
+    dom = cluster.create_domain(hv_host, "cfgdom", guest=False)
     cluster.wait_inventory(dom)
     target = dom.host.images / "cfgdom-root-overlay.qcow2"
     cfg = dom.host.root / "snap.cfg"
@@ -115,8 +114,9 @@ def test_config_file_chooses_disks_and_types(cluster: Cluster, h1: str) -> None:
         '             snapshot. Only care about the root file system"\n'
         'memory = "no"\n'
         'type = "external"\n'
-        f'disk = [ "vdev=vda, format=qcow2, target={target}" ]\n')
-    vdb_before = dom.active("vdb")
+        f'disk = [ "vdev={dom.vdevs[0]}, format=qcow2, target={target}" ]\n')
+    vda, vdb = dom.vdevs[:2]
+    vdb_before = dom.active(vdb)
     out = dom.host.cli("snapshot-create", "--json", dom.name, str(cfg), check=True)
     job = json.loads(out.stdout)
     assert job["state"] == "succeeded"
@@ -124,15 +124,15 @@ def test_config_file_chooses_disks_and_types(cluster: Cluster, h1: str) -> None:
     assert rec.description == ("External disk-only snapshot. Only care about the root "
                                "file system")
     assert rec.disk_only
-    assert [(d.vdev, d.type, d.overlay) for d in rec.disks] == [("vda", "external",
+    assert [(d.vdev, d.type, d.overlay) for d in rec.disks] == [(vda, "external",
                                                                   str(target))]
-    assert dom.active("vda") == str(target)
-    assert dom.active("vdb") == vdb_before  # not listed: untouched
+    assert dom.active(vda) == str(target)
+    assert dom.active(vdb) == vdb_before  # not listed: untouched
     assert internal_snapshots(vdb_before) == []
 
 
-def test_offline_domain_disks_snapshot_in_parallel_tasks(cluster: Cluster, h1: str) -> None:
-    dom = cluster.create_domain(h1, "cold", guest=False, start=False, disks=3)
+def test_offline_domain_disks_snapshot_in_parallel_tasks(cluster: Cluster, hv_host: str) -> None:
+    dom = cluster.create_domain(hv_host, "cold", guest=False, start=False, disks=3)
     cluster.wait_inventory(dom)
     client = cluster.client()
     seen: list[str] = []
@@ -154,12 +154,12 @@ def test_offline_domain_disks_snapshot_in_parallel_tasks(cluster: Cluster, h1: s
 
 
 def test_a_paused_domain_stays_paused_and_can_be_snapshotted_again(cluster: Cluster,
-                                                                   h1: str) -> None:
+                                                                   hv_host: str) -> None:
     from tests.integration.test_failures import qmp_status
 
-    dom = cluster.create_domain(h1, "paused-dom", guest=False, disks=2)
+    dom = cluster.create_domain(hv_host, "paused-dom", guest=False, disks=2)
     cluster.wait_inventory(dom)
-    dom.host.cli("domain-pause", dom.name, check=True)
+    dom.pause()
     client = cluster.client()
     for name, disk_only in (("p1", False), ("p2", False), ("p3", True)):
         job = client.wait(client.create(dom.name, name=name, disk_only=disk_only),
@@ -172,5 +172,5 @@ def test_a_paused_domain_stays_paused_and_can_be_snapshotted_again(cluster: Clus
     job = client.wait(client.revert(dom.name, "p1"), timeout=120)
     assert job.state == "succeeded", job.error
     assert qmp_status(dom) == "paused"
-    dom.host.cli("domain-unpause", dom.name, check=True)
+    dom.unpause()
     assert qmp_status(dom) == "running"

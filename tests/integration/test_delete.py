@@ -20,16 +20,13 @@ from tests.integration.cluster import succeeded as _ok
 from tests.integration.diskdata import (
     assert_state,
     backing_chain,
-    driver_state,
     files_under,
     internal_snapshots,
-    qemu_pid,
     write_state,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
-VDEVS = ("vda", "vdb")
 State = dict[str, dict[int, int]]
 
 
@@ -49,13 +46,14 @@ def _merge(*states: State) -> State:
     return out
 
 
-def _step(i: int, pattern: int) -> State:
+def _step(dom: Domain, i: int, pattern: int) -> State:
     """Step i overwrites slot 0 and writes its own slot i+1."""
-    return {"vda": {0: pattern, i + 1: pattern}, "vdb": {0: pattern ^ 0xFF, i + 1: pattern ^ 0xFF}}
+    va, vb = dom.vdevs[:2]
+    return {va: {0: pattern, i + 1: pattern}, vb: {0: pattern ^ 0xFF, i + 1: pattern ^ 0xFF}}
 
 
-def _untouched(*slots: int) -> State:
-    return {v: dict.fromkeys(slots, 0) for v in VDEVS}
+def _untouched(dom: Domain, *slots: int) -> State:
+    return {v: dict.fromkeys(slots, 0) for v in dom.vdevs}
 
 
 def _check_active(dom: Domain, state: State, what: str) -> None:
@@ -106,7 +104,7 @@ def _needed_files(client: Client, dom: Domain) -> set[str]:
     """What the domain and its remaining snapshots need: active chains, every image of
     every record (and the chain below each), memory images, sidecars."""
     need: set[str] = set()
-    for v in VDEVS:
+    for v in dom.vdevs:
         need.update(backing_chain(dom.active(v)))
     for rec in client.snapshots(dom.name):
         need.add(str(_sidecar(dom, rec.name)))
@@ -132,39 +130,39 @@ def _parents(client: Client, dom: Domain) -> dict[str, str | None]:
 
 
 @pytest.mark.parametrize("live", [True, False], ids=["live", "offline"])
-def test_delete_internal(cluster: Cluster, h1: str, live: bool) -> None:
-    dom = _domain(cluster, h1, "dl-int")
+def test_delete_internal(cluster: Cluster, hv_host: str, live: bool) -> None:
+    dom = _domain(cluster, hv_host, "dl-int")
     client = cluster.client()
-    a = _step(0, 0x11)
+    a = _step(dom, 0, 0x11)
     _write(dom, a)
     _ok(client, client.create(dom.name, name="keep"))
     _ok(client, client.create(dom.name, name="gone"))
     gone = client.snapshot(dom.name, "gone")
     assert gone.memory_file and os.path.exists(gone.memory_file)
     assert _sidecar(dom, "gone").exists()
-    for v in VDEVS:
+    for v in dom.vdevs:
         assert internal_snapshots(dom.active(v)) == ["keep", "gone"]
     if not live:
-        dom.host.cli("domain-destroy", dom.name, check=True)
-        assert qemu_pid(dom) is None and driver_state(dom) == "shutoff"
+        dom.destroy()
+        assert dom.pid() is None and dom.state() == "shutoff"
 
     _ok(client, client.delete(dom.name, "gone"))
     _assert_gone(client, dom, gone)
-    for v in VDEVS:
+    for v in dom.vdevs:
         assert internal_snapshots(dom.active(v)) == ["keep"], v
     assert client.current(dom.name) == "keep"
-    assert (qemu_pid(dom) is not None) == live
-    assert driver_state(dom) == ("running" if live else "shutoff")
+    assert (dom.pid() is not None) == live
+    assert dom.state() == ("running" if live else "shutoff")
     # the other snapshot is whole: it still reverts
     keep = client.snapshot(dom.name, "keep")
     assert keep.memory_file and os.path.exists(keep.memory_file)
     _ok(client, client.revert(dom.name, "keep"))
-    assert qemu_pid(dom) is not None
+    assert dom.pid() is not None
     _check_active(dom, a, "after revert to keep")
 
     _ok(client, client.delete(dom.name, "keep"))
     _assert_gone(client, dom, keep)
-    for v in VDEVS:
+    for v in dom.vdevs:
         assert internal_snapshots(dom.active(v)) == []
     assert client.current(dom.name) is None
     assert files_under(_snapdir(dom)) == set()
@@ -175,19 +173,19 @@ def test_delete_internal(cluster: Cluster, h1: str, live: bool) -> None:
 
 def _linear_chain(client: Client, dom: Domain) -> tuple[list[State], State]:
     """A, S1, B, S2, C, S3, D (disk-only, external). Returns the states at S1..S3, and now."""
-    steps = [_step(i, p) for i, p in enumerate((0x22, 0x33, 0x44, 0x55))]
+    steps = [_step(dom, i, p) for i, p in enumerate((0x22, 0x33, 0x44, 0x55))]
     states = []
     for i in range(3):
         _write(dom, steps[i])
         _ok(client, client.create(dom.name, name=f"S{i + 1}", disk_only=True, type="external"))
-        states.append(_merge(*steps[: i + 1], _untouched(*range(i + 2, 5))))
+        states.append(_merge(*steps[: i + 1], _untouched(dom, *range(i + 2, 5))))
     _write(dom, steps[3])
     return states, _merge(*steps)
 
 
 @pytest.mark.parametrize("live", [True, False], ids=["live", "offline"])
-def test_delete_linear_external_chain(cluster: Cluster, h1: str, live: bool) -> None:
-    dom = _domain(cluster, h1, "dl-lin")
+def test_delete_linear_external_chain(cluster: Cluster, hv_host: str, live: bool) -> None:
+    dom = _domain(cluster, hv_host, "dl-lin")
     client = cluster.client()
     (at1, at2, at3), now = _linear_chain(client, dom)
     s1, s2, s3 = (client.snapshot(dom.name, n) for n in ("S1", "S2", "S3"))
@@ -199,8 +197,8 @@ def test_delete_linear_external_chain(cluster: Cluster, h1: str, live: bool) -> 
     _check_frozen(s3, at3, "before")
     _check_active(dom, now, "before")
     if not live:
-        dom.host.cli("domain-destroy", dom.name, check=True)
-        assert qemu_pid(dom) is None
+        dom.destroy()
+        assert dom.pid() is None
 
     # the middle one
     _ok(client, client.delete(dom.name, "S2"))
@@ -214,7 +212,7 @@ def test_delete_linear_external_chain(cluster: Cluster, h1: str, live: bool) -> 
     _check_frozen(s3, at3, "after deleting S2")
     _check_active(dom, now, "after deleting S2")
     _assert_no_leftovers(client, dom, "after deleting S2")
-    assert (qemu_pid(dom) is not None) == live
+    assert (dom.pid() is not None) == live
 
     if live:
         # they still revert to exactly their data; the current data is then written again
@@ -249,10 +247,10 @@ def test_delete_linear_external_chain(cluster: Cluster, h1: str, live: bool) -> 
         assert os.path.exists(p), f"original image of {v} is gone"
         assert backing_chain(dom.active(v))[-1] == p, backing_chain(dom.active(v))
     _assert_no_leftovers(client, dom, "after deleting every snapshot")
-    assert (qemu_pid(dom) is not None) == live
+    assert (dom.pid() is not None) == live
     if not live:
-        dom.host.cli("domain-start", dom.name, check=True)
-        assert qemu_pid(dom) is not None
+        dom.start()
+        assert dom.pid() is not None
         _check_active(dom, now, "after starting again")
 
 
@@ -267,13 +265,13 @@ def _snapshot_files(dom: Domain) -> dict[str, tuple[int, int]]:
     return out
 
 
-def test_delete_branched_tree(cluster: Cluster, h1: str) -> None:
-    dom = _domain(cluster, h1, "dl-br")
+def test_delete_branched_tree(cluster: Cluster, hv_host: str) -> None:
+    dom = _domain(cluster, hv_host, "dl-br")
     client = cluster.client()
-    a, b, c = _step(0, 0x66), _step(1, 0x77), _step(2, 0x88)
-    at1 = _merge(a, _untouched(2, 3))
-    at2 = _merge(a, b, _untouched(3))
-    at3 = _merge(a, c, _untouched(2))
+    a, b, c = _step(dom, 0, 0x66), _step(dom, 1, 0x77), _step(dom, 2, 0x88)
+    at1 = _merge(a, _untouched(dom, 2, 3))
+    at2 = _merge(a, b, _untouched(dom, 3))
+    at3 = _merge(a, c, _untouched(dom, 2))
     _write(dom, a)
     _ok(client, client.create(dom.name, name="S1", disk_only=True, type="external"))
     _write(dom, b)
@@ -299,7 +297,7 @@ def test_delete_branched_tree(cluster: Cluster, h1: str) -> None:
     assert {n: _sidecar(dom, n).read_text() for n in records} == sidecars
     assert dom.config() == config
     assert client.current(dom.name) == "S3"
-    assert qemu_pid(dom) is not None
+    assert dom.pid() is not None
     _check_frozen(client.snapshot(dom.name, "S1"), at1, "after refused delete")
     _check_frozen(client.snapshot(dom.name, "S2"), at2, "after refused delete")
     _check_frozen(client.snapshot(dom.name, "S3"), at3, "after refused delete")
@@ -338,8 +336,8 @@ def test_delete_branched_tree(cluster: Cluster, h1: str) -> None:
 # ---------------------------------------------------------------- parents
 
 
-def test_delete_middle_rewires_child_parent(cluster: Cluster, h1: str) -> None:
-    dom = _domain(cluster, h1, "dl-par")
+def test_delete_middle_rewires_child_parent(cluster: Cluster, hv_host: str) -> None:
+    dom = _domain(cluster, hv_host, "dl-par")
     client = cluster.client()
     for n in ("P1", "P2", "P3"):
         _ok(client, client.create(dom.name, name=n, disk_only=True))

@@ -47,8 +47,8 @@ def qmp_status(dom: Domain) -> str:
 
 
 @pytest.fixture(scope="module")
-def dom(cluster: Cluster, h1: str) -> Domain:
-    d = cluster.create_domain(h1, "fragile", guest=False)
+def dom(cluster: Cluster, hv_host: str) -> Domain:
+    d = cluster.create_domain(hv_host, "fragile", guest=False)
     cluster.wait_inventory(d)
     job = cluster.client().wait(cluster.client().create(d.name, name="base"), timeout=120)
     assert job.state == "succeeded", job.error
@@ -92,7 +92,7 @@ def test_external_target_outside_roots_changes_nothing(cluster: Cluster, dom: Do
     before = state_of(cluster, dom)
     cfg = dom.host.root / "escape.cfg"
     cfg.write_text('name = "esc"\ntype = "external"\n'
-                   'disk = [ "vdev=vda, target=/etc/domsnap-escape.qcow2" ]\n')
+                   f'disk = [ "vdev={dom.vdevs[0]}, target=/etc/domsnap-escape.qcow2" ]\n')
     proc = dom.host.cli("snapshot-create", dom.name, str(cfg))
     assert proc.returncode == 2, proc.stderr
     assert "outside the snapshot roots" in proc.stderr
@@ -104,13 +104,13 @@ def test_external_target_outside_roots_changes_nothing(cluster: Cluster, dom: Do
     assert qmp_status(dom) == "running"
 
 
-def test_raw_disk_refuses_internal_snapshot(cluster: Cluster, h1: str) -> None:
-    d = cluster.create_domain(h1, "rawdom", guest=False, raw_disk=True)
+def test_raw_disk_refuses_internal_snapshot(cluster: Cluster, hv_host: str) -> None:
+    d = cluster.create_domain(hv_host, "rawdom", guest=False, raw_disk=True)
     cluster.wait_inventory(d)
     before = state_of(cluster, d)
     proc = d.host.cli("snapshot-create", "-n", "r1", d.name)
     assert proc.returncode == 2
-    assert "vdb is raw" in proc.stderr and "internal" in proc.stderr
+    assert f"{d.vdevs[1]} is raw" in proc.stderr and "internal" in proc.stderr
     assert state_of(cluster, d) == before
     # an external snapshot of the same raw disk is fine
     job = cluster.client().wait(cluster.client().create(d.name, name="r2", type="external"),
@@ -160,7 +160,7 @@ def test_failed_transaction_leaves_nothing(cluster: Cluster, dom: Domain) -> Non
     with QMPClient(dom.qmp, timeout=10) as q:
         nodes = q.execute("query-named-block-nodes")
         node = next(n["node-name"] for n in nodes
-                    if n["file"] == dom.active("vdb") and n["drv"] == "qcow2")
+                    if n["file"] == dom.active(dom.vdevs[1]) and n["drv"] == "qcow2")
         q.execute("blockdev-snapshot-internal-sync", {"device": node, "name": "clash"})
     before = state_of(cluster, dom)
     client = cluster.client()
@@ -168,7 +168,7 @@ def test_failed_transaction_leaves_nothing(cluster: Cluster, dom: Domain) -> Non
     assert job.state == "failed"
     assert job.error is not None and "clash" in job.error.message
     assert state_of(cluster, dom) == before
-    assert "clash" not in internal_snapshots(dom.active("vda"))
+    assert "clash" not in internal_snapshots(dom.active(dom.vdevs[0]))
     assert not (dom.host.snapshots / dom.uuid / "clash.save").exists()
     assert qmp_status(dom) == "running"
     assert client.store.lock_owner(dom.uuid) is None
@@ -179,18 +179,18 @@ def test_failed_transaction_leaves_nothing(cluster: Cluster, dom: Domain) -> Non
     assert job.state == "succeeded", job.error
 
 
-def test_failed_offline_disk_rolls_back_the_others(cluster: Cluster, h1: str) -> None:
-    d = cluster.create_domain(h1, "offfail", guest=False, start=False, disks=3)
+def test_failed_offline_disk_rolls_back_the_others(cluster: Cluster, hv_host: str) -> None:
+    d = cluster.create_domain(hv_host, "offfail", guest=False, start=False, disks=3)
     cluster.wait_inventory(d)
-    subprocess.run(["qemu-img", "snapshot", "-c", "boom", str(d.disks["vdc"])], check=True)
+    subprocess.run(["qemu-img", "snapshot", "-c", "boom", str(d.disks[d.vdevs[2]])], check=True)
     before = state_of(cluster, d)
     client = cluster.client()
     job = client.wait(client.create(d.name, name="boom", disk_only=True), timeout=120)
     assert job.state == "failed"
-    assert job.error is not None and "vdc" in job.error.message
+    assert job.error is not None and d.vdevs[2] in job.error.message
     assert state_of(cluster, d) == before
-    assert internal_snapshots(str(d.disks["vda"])) == []
-    assert internal_snapshots(str(d.disks["vdb"])) == []
+    assert internal_snapshots(str(d.disks[d.vdevs[0]])) == []
+    assert internal_snapshots(str(d.disks[d.vdevs[1]])) == []
 
 
 def test_host_down_is_an_error_before_enqueue(cluster: Cluster) -> None:

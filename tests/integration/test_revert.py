@@ -16,17 +16,12 @@ from tests.integration.cluster import succeeded as _ok
 from tests.integration.diskdata import (
     assert_state,
     backing_of,
-    driver_state,
-    qemu_pid,
     qmp_status,
     write_state,
 )
-from workers.drivers.qemu import QemuDriver
-from workers.runner import SubprocessRunner
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
-VDEVS = ("vda", "vdb")
 
 
 
@@ -43,7 +38,7 @@ def _check(dom: Domain, state: dict[str, dict[int, int]], what: str) -> None:
 
 
 def _assert_running(dom: Domain) -> None:
-    assert qemu_pid(dom) is not None, f"{dom.name}: no QEMU process"
+    assert dom.pid() is not None, f"{dom.name}: no QEMU process"
     assert qmp_status(dom) == "running"
 
 
@@ -56,18 +51,19 @@ def _merge(*states: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
 
 
 # Slot 0 is overwritten by every step; slot i+1 is written only by step i.
-def _step(i: int, pattern: int) -> dict[str, dict[int, int]]:
-    return {"vda": {0: pattern, i + 1: pattern}, "vdb": {0: pattern ^ 0xFF, i + 1: pattern ^ 0xFF}}
+def _step(dom: Domain, i: int, pattern: int) -> dict[str, dict[int, int]]:
+    va, vb = dom.vdevs[:2]
+    return {va: {0: pattern, i + 1: pattern}, vb: {0: pattern ^ 0xFF, i + 1: pattern ^ 0xFF}}
 
 
-def _untouched(*slots: int) -> dict[str, dict[int, int]]:
-    return {v: dict.fromkeys(slots, 0) for v in VDEVS}
+def _untouched(dom: Domain, *slots: int) -> dict[str, dict[int, int]]:
+    return {v: dict.fromkeys(slots, 0) for v in dom.vdevs}
 
 
-def test_internal_memory_revert_runs_with_snapshot_data(cluster: Cluster, h1: str) -> None:
-    dom = _domain(cluster, h1, "rv-int")
+def test_internal_memory_revert_runs_with_snapshot_data(cluster: Cluster, hv_host: str) -> None:
+    dom = _domain(cluster, hv_host, "rv-int")
     client = cluster.client()
-    a, b = _step(0, 0x11), _step(1, 0x22)
+    a, b = _step(dom, 0, 0x11), _step(dom, 1, 0x22)
     _write(dom, a)
     _ok(client, client.create(dom.name, name="s1"))
     _write(dom, b)
@@ -76,43 +72,43 @@ def test_internal_memory_revert_runs_with_snapshot_data(cluster: Cluster, h1: st
     job = _ok(client, client.revert(dom.name, "s1"))
     assert job.result is not None and job.result["state"] == "running", job.result
     _assert_running(dom)
-    assert driver_state(dom) == "running"
-    _check(dom, _merge(a, _untouched(2)), "after revert to s1")
+    assert dom.state() == "running"
+    _check(dom, _merge(a, _untouched(dom, 2)), "after revert to s1")
     # internal snapshots are applied in place: the same images, the snapshot still there
-    assert {v: dom.active(v) for v in VDEVS} == {v: str(p) for v, p in dom.disks.items()}
+    assert {v: dom.active(v) for v in dom.vdevs} == {v: str(p) for v, p in dom.disks.items()}
     assert [s.name for s in client.snapshots(dom.name)] == ["s1"]
 
     # --paused: back at s1 again, but left paused; unpausing then works
     _write(dom, b)
     job = _ok(client, client.revert(dom.name, "s1", start="paused"))
     assert job.result is not None and job.result["state"] == "paused", job.result
-    assert qemu_pid(dom) is not None
+    assert dom.pid() is not None
     status = qmp_status(dom)
     assert status != "running" and status in ("paused", "postmigrate", "prelaunch"), status
-    assert driver_state(dom) == "paused"
-    _check(dom, _merge(a, _untouched(2)), "after paused revert to s1")
-    QemuDriver(dom.host.state_dir, SubprocessRunner()).unpause(dom.uuid)
+    assert dom.state() == "paused"
+    _check(dom, _merge(a, _untouched(dom, 2)), "after paused revert to s1")
+    dom.unpause()
     _assert_running(dom)
-    assert driver_state(dom) == "running"
+    assert dom.state() == "running"
     # and it is a working domain: it takes writes again
     _write(dom, b)
     _check(dom, _merge(a, b), "after unpause")
 
 
 def test_external_revert_makes_new_overlay_and_keeps_later_snapshots(
-        cluster: Cluster, h1: str) -> None:
-    dom = _domain(cluster, h1, "rv-ext")
+        cluster: Cluster, hv_host: str) -> None:
+    dom = _domain(cluster, hv_host, "rv-ext")
     client = cluster.client()
-    a, b, c = _step(0, 0x33), _step(1, 0x44), _step(2, 0x55)
+    a, b, c = _step(dom, 0, 0x33), _step(dom, 1, 0x44), _step(dom, 2, 0x55)
     _write(dom, a)
     _ok(client, client.create(dom.name, name="e1", type="external"))
     _write(dom, b)
     _ok(client, client.create(dom.name, name="e2", type="external"))
     _write(dom, c)
     e1, e2 = client.snapshot(dom.name, "e1"), client.snapshot(dom.name, "e2")
-    at_e1, at_e2 = _merge(a, _untouched(2, 3)), _merge(a, b, _untouched(3))
+    at_e1, at_e2 = _merge(a, _untouched(dom, 2, 3)), _merge(a, b, _untouched(dom, 3))
     for rec in (e1, e2):
-        assert [d.vdev for d in rec.disks] == list(VDEVS)
+        assert [d.vdev for d in rec.disks] == list(dom.vdevs)
         for d in rec.disks:
             assert d.type == "external" and d.overlay and os.path.exists(d.overlay)
             assert os.path.exists(d.file)
@@ -148,10 +144,10 @@ def test_external_revert_makes_new_overlay_and_keeps_later_snapshots(
 
 
 def test_disk_only_revert_leaves_domain_shut_off_then_start_running(
-        cluster: Cluster, h1: str) -> None:
-    dom = _domain(cluster, h1, "rv-disk")
+        cluster: Cluster, hv_host: str) -> None:
+    dom = _domain(cluster, hv_host, "rv-disk")
     client = cluster.client()
-    a, b = _step(0, 0x66), _step(1, 0x77)
+    a, b = _step(dom, 0, 0x66), _step(dom, 1, 0x77)
     _write(dom, a)
     _ok(client, client.create(dom.name, name="d1", disk_only=True))
     rec = client.snapshot(dom.name, "d1")
@@ -160,21 +156,21 @@ def test_disk_only_revert_leaves_domain_shut_off_then_start_running(
 
     job = _ok(client, client.revert(dom.name, "d1"))
     assert job.result is not None and job.result["state"] == "shutoff", job.result
-    assert qemu_pid(dom) is None, "a disk-only revert must leave the domain shut off"
-    assert driver_state(dom) == "shutoff"
-    _check(dom, _merge(a, _untouched(2)), "after disk-only revert")
+    assert dom.pid() is None, "a disk-only revert must leave the domain shut off"
+    assert dom.state() == "shutoff"
+    _check(dom, _merge(a, _untouched(dom, 2)), "after disk-only revert")
 
     job = _ok(client, client.revert(dom.name, "d1", start="running"))
     assert job.result is not None and job.result["state"] == "running", job.result
     _assert_running(dom)
-    assert driver_state(dom) == "running"
-    _check(dom, _merge(a, _untouched(2)), "after disk-only revert with start=running")
+    assert dom.state() == "running"
+    _check(dom, _merge(a, _untouched(dom, 2)), "after disk-only revert with start=running")
     _write(dom, b)
     _check(dom, _merge(a, b), "writes after the restart")
 
 
-def test_current_pointer_follows_creates_and_reverts(cluster: Cluster, h1: str) -> None:
-    dom = _domain(cluster, h1, "rv-cur")
+def test_current_pointer_follows_creates_and_reverts(cluster: Cluster, hv_host: str) -> None:
+    dom = _domain(cluster, hv_host, "rv-cur")
     client = cluster.client()
     assert client.current(dom.name) is None
     _ok(client, client.create(dom.name, name="c1"))

@@ -51,6 +51,7 @@ def samples() -> list[DomsnapError]:
                  received={"error": {"class": "GenericError",
                                      "desc": "Need a root block node"}},
                  error_class="GenericError"),
+        E.XlParseError("not a JSON array", '{"domid": 1}'),
         E.StoreUnavailable("Redis: Error 111 connecting to 127.0.0.1:1."),
         E.OperationTimeout("job j did not finish within 60 s", job_id="j"),
         E.OperationFailed("create failed", job_id="j", error={"code": "qmp"}),
@@ -100,7 +101,8 @@ def test_exit_codes() -> None:
         E.UnknownDomain: 3, E.UnknownSnapshot: 3, E.UnknownJob: 3, E.Conflict: 4,
         E.DomainLocked: 4, E.SnapshotExists: 4, E.Refused: 5, E.HostUnavailable: 6,
         E.SchemaMismatch: 7, E.BackendError: 8, CommandFailed: 8, QMPError: 8,
-        E.StoreUnavailable: 8, E.OperationTimeout: 9, E.OperationFailed: 10,
+        E.StoreUnavailable: 8, E.XlParseError: 8, E.OperationTimeout: 9,
+        E.OperationFailed: 10,
     }
     assert set(expected) == set(all_classes())
     for cls, code in expected.items():

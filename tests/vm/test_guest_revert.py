@@ -20,7 +20,7 @@ import pytest
 from domsnap.client import Client
 from schemas.models import JobRecord
 from tests.integration.cluster import Cluster, Domain
-from tests.integration.diskdata import qemu_pid, qmp_status
+from tests.integration.diskdata import qmp_status
 from tests.vm.guest import (
     BOOT_MARKER,
     TICK_RE,
@@ -30,8 +30,6 @@ from tests.vm.guest import (
     read_ticks,
     wait_for_tick,
 )
-from workers.drivers.qemu import QemuDriver
-from workers.runner import SubprocessRunner
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -96,9 +94,9 @@ def _last_tick(dom: Domain) -> int:
 
 
 @pytest.mark.parametrize("kind", ["internal", "external"])
-def test_guest_continues_from_snapshot(cluster: Cluster, h1: str,
+def test_guest_continues_from_snapshot(cluster: Cluster, hv_host: str,
                                       kind: Literal["internal", "external"]) -> None:
-    dom = cluster.create_domain(h1, f"gr-{kind[:3]}-{uuidlib.uuid4().hex[:6]}", guest=True,
+    dom = cluster.create_domain(hv_host, f"gr-{kind[:3]}-{uuidlib.uuid4().hex[:6]}", guest=True,
                                 disks=2, tick=1.0)
     cluster.wait_inventory(dom)
     client = cluster.client()
@@ -116,14 +114,14 @@ def test_guest_continues_from_snapshot(cluster: Cluster, h1: str,
     prev = _last_tick(dom)
     job = _ok(client, client.revert(dom.name, "g1"))
     assert job.result is not None and job.result["state"] == "running", job.result
-    assert qemu_pid(dom) is not None and qmp_status(dom) == "running"
+    assert dom.pid() is not None and qmp_status(dom) == "running"
     n, disk = _wait_restart_tick(dom.console, offset, prev)
     after = _text_after(dom.console, offset)
     assert BOOT_MARKER not in after, f"the guest rebooted after the revert:\n{after[-2000:]}"
     assert count_boots(dom.console) == 1
     assert n in (t, t + 1), f"first tick after revert n={n}; snapshot taken at about n={t}"
     assert disk == n - 1, f"tick {n} read disk={disk}: disks do not match the memory image"
-    for vdev in ("vda", "vdb"):
+    for vdev in dom.vdevs:
         img = dom.active(vdev)
         if kind == "external":
             assert img not in {p for d in rec.disks for p in (d.file, d.overlay)}, img
@@ -134,17 +132,17 @@ def test_guest_continues_from_snapshot(cluster: Cluster, h1: str,
     prev = _last_tick(dom)
     job = _ok(client, client.revert(dom.name, "g1", start="paused"))
     assert job.result is not None and job.result["state"] == "paused", job.result
-    assert qemu_pid(dom) is not None
+    assert dom.pid() is not None
     status = qmp_status(dom)
     assert status != "running" and status in ("paused", "postmigrate", "prelaunch"), status
-    vda = read_disk_counter(Path(dom.active("vda")))
-    vdb = read_disk_counter(Path(dom.active("vdb")))
+    vda = read_disk_counter(Path(dom.active(dom.vdevs[0])))
+    vdb = read_disk_counter(Path(dom.active(dom.vdevs[1])))
     assert vda in (t - 1, t), f"vda holds {vda} right after a paused revert; snapshot at n~{t}"
     assert vdb is not None and vdb in (vda - 1, vda), (vda, vdb)  # vdb is written after vda
     time.sleep(2.5)  # a paused guest prints nothing
     assert _restart_ticks(dom.console, offset, prev) == [], _text_after(dom.console, offset)
 
-    QemuDriver(dom.host.state_dir, SubprocessRunner()).unpause(dom.uuid)
+    dom.unpause()
     assert qmp_status(dom) == "running"
     n2, disk2 = _wait_restart_tick(dom.console, offset, prev)
     assert BOOT_MARKER not in _text_after(dom.console, offset)

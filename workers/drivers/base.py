@@ -40,7 +40,9 @@ class DiskOp:
     path: str
     format: str
     type: Literal["internal", "external"]
-    target: str | None = None  # external: the overlay to create
+    target: str | None = None  # external: the overlay (lvm: the snapshot volume) to create
+    backend: str | None = None  # the toolstack's backend for the disk (Xen: qdisk, phy, ...)
+    strategy: str = ""  # how it is taken (schemas.models.DiskStrategy), set by the plan
 
 
 @dataclass
@@ -118,6 +120,14 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def destroy(self, uuid: str) -> None:
         """Stop the domain at once; it stays known (shut off). No-op if not running."""
+
+    def disk_strategies(self, uuid: str, ops: list[DiskOp], *, active: bool) -> list[str]:
+        """How each of ``ops`` will be taken (a ``schemas.models.DiskStrategy`` each),
+        decided when the operation is planned; raises Refused for a disk that cannot be.
+
+        The default suits a driver whose disks all live in its QEMU: one atomic QMP
+        transaction while the domain runs, ``qemu-img`` while it is shut off."""
+        return ["qmp" if active else "qemu-img" for _ in ops]
 
     def is_active(self, uuid: str) -> bool:
         return self.domain_info(uuid).state in ("running", "paused")

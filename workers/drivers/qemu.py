@@ -22,7 +22,6 @@ from typing import Any
 from domsnap.errors import (
     DomsnapError,
     InvalidInput,
-    OperationTimeout,
     QMPError,
     Refused,
     UnknownDomain,
@@ -30,8 +29,9 @@ from domsnap.errors import (
 from domsnap.settings import default_run_dir
 from schemas.config import DomainConfig
 from schemas.models import DiskInfo, DomainInfo
+from workers import qmpblock
 from workers.accel import accelerators
-from workers.blocknodes import format_node_for, snapshot_actions
+from workers.blocknodes import snapshot_actions
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
 from workers.qmp import QMPClient
 from workers.runner import Runner
@@ -242,11 +242,7 @@ class QemuDriver(Driver):
 
     def _transaction(self, q: QMPClient, actions: list[dict[str, Any]],
                      result: LiveResult) -> None:
-        """Every disk in one atomic transaction (all or none), timed."""
-        t0 = time.monotonic()
-        if actions:
-            q.execute("transaction", {"actions": actions})
-        result.disks_ms = round((time.monotonic() - t0) * 1000, 3)
+        result.disks_ms = qmpblock.transaction(q, actions)
 
     def _capture_with_memory(self, q: QMPClient, uuid: str, memory_file: Path,
                              actions: list[dict[str, Any]], was_running: bool,
@@ -333,109 +329,21 @@ class QemuDriver(Driver):
             pass
 
     def _undo_actions(self, q: QMPClient, actions: list[dict[str, Any]]) -> None:
-        for act in actions:
-            data = act["data"]
-            try:
-                if act["type"] == "blockdev-snapshot-internal-sync":
-                    q.execute("blockdev-snapshot-delete-internal-sync",
-                              {"device": data["device"], "name": data["name"]})
-                else:
-                    self._commit_active(q, data["snapshot-node-name"])
-                    os.unlink(data["snapshot-file"])
-            except (DomsnapError, OSError):
-                continue
+        qmpblock.undo_actions(q, actions, timeout=self.timeout)
 
     def undo_disks(self, uuid: str, *, name: str, disks: list[DiskOp]) -> None:
         with self._qmp(uuid) as q:
-            nodes = q.execute("query-named-block-nodes")
-            for op in disks:
-                if op.type == "internal":
-                    node = format_node_for(nodes, op.path)
-                    q.execute("blockdev-snapshot-delete-internal-sync",
-                              {"device": node, "name": name})
-                else:
-                    assert op.target is not None
-                    self._commit_active(q, format_node_for(nodes, op.target))
-                    self._drop_orphans(q, nodes, op.target)
-                    Path(op.target).unlink(missing_ok=True)
+            qmpblock.undo_disks(q, name=name, disks=disks, timeout=self.timeout)
 
     # ------------------------------------------------------------ delete / merge
 
     def delete_internal_live(self, uuid: str, *, name: str, path: str) -> None:
         with self._qmp(uuid) as q:
-            node = format_node_for(q.execute("query-named-block-nodes"), path)
-            q.execute("blockdev-snapshot-delete-internal-sync", {"device": node, "name": name})
+            qmpblock.delete_internal(q, name=name, path=path)
 
     def commit_live(self, uuid: str, *, top: str, base: str) -> None:
         with self._qmp(uuid) as q:
-            nodes = q.execute("query-named-block-nodes")
-            top_node = format_node_for(nodes, top)
-            base_node = format_node_for(nodes, base)
-            root = self._root_of(q, top)
-            if root == top_node:
-                self._commit_active(q, top_node, base_node)
-            else:
-                job = f"ds-commit-{int(time.time() * 1000) % 10**9}"
-                q.execute("block-commit", {"job-id": job, "device": root, "top-node": top_node,
-                                           "base-node": base_node, "auto-dismiss": False})
-                self._wait_job(q, job, ready=False)
-            self._drop_orphans(q, nodes, top)
-
-    def _drop_orphans(self, q: QMPClient, nodes: list[dict[str, Any]], path: str) -> None:
-        """Release the nodes of an image that left the graph.
-
-        Nodes created with -blockdev are owned by the monitor and outlive their use;
-        such a node would stay a parent of the image below it, which then is no longer
-        a root node and refuses internal-snapshot deletion ("Need a root block node").
-        """
-        want = os.path.realpath(path)
-        mine = [n for n in nodes if os.path.realpath(str(n.get("file", ""))) == want]
-        # format nodes first: a protocol node cannot go while its format node holds it
-        for node in sorted(mine, key=lambda n: n.get("drv") in ("file", "host_device")):
-            try:
-                q.execute("blockdev-del", {"node-name": node["node-name"]})
-            except QMPError:
-                pass  # not monitor-owned (freed with the graph) or still in use
-
-    def _root_of(self, q: QMPClient, path: str) -> str:
-        """The root (device) node of the chain that holds the image ``path``."""
-        want = os.path.realpath(path)
-        for dev in q.execute("query-block"):
-            ins = dev.get("inserted") or {}
-            image: dict[str, Any] | None = ins.get("image")
-            while image is not None:
-                if os.path.realpath(str(image.get("filename", ""))) == want:
-                    return str(ins["node-name"])
-                image = image.get("backing-image")
-        raise QMPError(f"no device uses the image {path}", sent="query-block", received=None)
-
-    def _commit_active(self, q: QMPClient, top_node: str, base_node: str | None = None) -> None:
-        job = f"ds-commit-{int(time.time() * 1000) % 10**9}"
-        args: dict[str, Any] = {"job-id": job, "device": top_node, "auto-dismiss": False}
-        if base_node:
-            args["base-node"] = base_node
-        q.execute("block-commit", args)
-        self._wait_job(q, job, ready=True)
-
-    def _wait_job(self, q: QMPClient, job: str, *, ready: bool) -> None:
-        deadline = time.monotonic() + self.timeout
-        while True:
-            jobs = {j["id"]: j for j in q.execute("query-jobs")}
-            j = jobs.get(job)
-            if j is None:
-                raise QMPError(f"block job {job} vanished", sent="query-jobs", received=jobs)
-            st = j.get("status")
-            if ready and st == "ready":
-                q.execute("job-complete", {"id": job})
-                ready = False
-            elif st == "concluded":
-                q.execute("job-dismiss", {"id": job})
-                if j.get("error"):
-                    raise QMPError(f"block job {job} failed: {j['error']}", sent=job, received=j)
-                return
-            if time.monotonic() > deadline:
-                raise OperationTimeout(f"block job {job} did not finish", job=job)
-            time.sleep(0.02)
+            qmpblock.commit(q, top=top, base=base, timeout=self.timeout)
 
     # ------------------------------------------------------------ start / stop
 

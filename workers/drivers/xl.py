@@ -1,0 +1,459 @@
+"""The xl driver: Xen dom0 hosts, through the real ``xl`` binary.
+
+Every ``xl``, ``qemu-img`` and ``lvm`` call goes through the injected runner
+(timeout, ``LC_ALL=C``, errors keep argv/exit code/stderr). Domains are found in
+``xl list -l``; their configs live in a host-side :class:`Registry` so shut-off
+domains stay known.
+
+Disk strategies (decided per disk when an operation is planned, reported in
+the job result):
+
+* ``qmp``: the domain's device model serves the disk (qdisk backend; its QMP
+  socket is ``<xen run dir>/qmp-libxl-<domid>``): every such disk in one atomic
+  ``transaction`` while the domain is paused (after ``xl save -p``, or briefly
+  with ``xl pause`` for a disk-only snapshot). The socket serves one client and
+  libxl uses it too: connect, transact, disconnect, and never while an ``xl``
+  command runs.
+* ``qemu-img``: the domain is shut off; the engine runs one task per disk.
+* ``save-restore``: no QMP socket serves the disk (a stub-domain device model):
+  ``xl save`` (the domain stops), ``qemu-img`` on every disk in parallel, then
+  ``xl restore`` with a config naming the right images.
+* ``lvm``: a raw volume on the blkback (``phy``) backend: an LVM snapshot while
+  the domain is paused. Anything else on blkback is refused.
+
+``qemu-img`` never runs on an image a running domain's backend holds: Xen's QEMU
+does not lock images, so the change would be silently lost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from domsnap.errors import CommandFailed, DomsnapError, Refused, UnknownDomain
+from schemas.config import DomainConfig
+from schemas.models import DiskInfo, DomainInfo
+from workers import qmpblock
+from workers.blocknodes import snapshot_actions
+from workers.diskops import take_offline, undo_offline
+from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
+from workers.drivers.xlregistry import Entry, Registry
+from workers.lvm import Lvm
+from workers.qemu_img import QemuImg
+from workers.qmp import QMPClient
+from workers.runner import Runner
+from workers.xlparse import XlDomain, domain_config_from_libxl, parse_list, parse_list_long
+
+INVALID_DOMAIN = "is an invalid domain identifier"
+NO_SUSPEND = ("acknowledge suspend", "guest didn't suspend", "did not suspend",
+              "suspend request")
+
+
+def _touch_private(path: Path) -> None:
+    """Create ``path`` 0600 in a 0700 directory before any byte of guest RAM goes in
+    (xl creates its save file with the umask: 0644 seen)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _retarget(config: DomainConfig, moves: dict[str, str]) -> DomainConfig:
+    """``config`` with every disk whose image is a key of ``moves`` pointed at its value."""
+    return config.model_copy(update={"disks": [
+        d.model_copy(update={"target": moves.get(d.target or "", d.target)})
+        for d in config.disks]})
+
+
+class XlDriver(Driver):
+    name = "xl"
+    capabilities = Capabilities(live_memory=False, live_disks=True, internal=True,
+                                external=True, revert_memory=True, live_merge=True)
+
+    def __init__(self, state_dir: Path, runner: Runner, *, img: QemuImg, lvm: Lvm,
+                 binary: str = "xl", xen_run_dir: Path = Path("/var/run/xen"),
+                 timeout: float = 600.0, qmp_timeout: float = 30.0) -> None:
+        self.registry = Registry(state_dir)
+        self.scratch = state_dir / "xl" / "scratch"
+        self.runner = runner
+        self.img = img
+        self.lvm = lvm
+        self.binary = binary
+        self.xen_run_dir = xen_run_dir
+        self.timeout = timeout
+        self.qmp_timeout = qmp_timeout
+
+    # ------------------------------------------------------------ xl
+
+    def _xl(self, *args: str, timeout: float | None = None) -> str:
+        return self.runner([self.binary, *args], timeout=timeout or self.timeout).stdout
+
+    def _lookup(self, uuid: str) -> tuple[int, str] | None:
+        """``(domid, state)`` of the running domain ``uuid``, or None when xl does not
+        have it (shut off, or another domain now has its name)."""
+        entry = self.registry.get(uuid)
+        try:
+            doms = parse_list_long(self._xl("list", "-l", entry.config.name, timeout=60))
+        except CommandFailed as exc:
+            if INVALID_DOMAIN in exc.stderr:
+                return None
+            raise
+        dom = next((d for d in doms if d.uuid == uuid), None)
+        if dom is None:
+            return None
+        try:
+            rows = parse_list(self._xl("list", str(dom.domid), timeout=60))
+        except CommandFailed as exc:
+            if INVALID_DOMAIN in exc.stderr:
+                return None
+            raise
+        row = next((r for r in rows if r.domid == dom.domid), None)
+        return (dom.domid, row.state) if row else None
+
+    def _running(self, uuid: str) -> tuple[int, str]:
+        found = self._lookup(uuid)
+        if found is None:
+            raise Refused(f"domain {uuid} is not running", domain=uuid)
+        return found
+
+    def qmp_path(self, domid: int) -> Path:
+        return self.xen_run_dir / f"qmp-libxl-{domid}"
+
+    @contextmanager
+    def _qmp(self, domid: int) -> Iterator[QMPClient]:
+        """The device model's socket, held only for the work inside the block."""
+        with QMPClient(self.qmp_path(domid), timeout=self.qmp_timeout) as q:
+            yield q
+
+    # ------------------------------------------------------------ inventory
+
+    def _sync(self, dom: XlDomain) -> Entry | None:
+        """Register a domain seen in xl for the first time, or re-take one its owner
+        re-created from another config; keep domsnap's own entry otherwise."""
+        if dom.uuid is None:
+            return None
+        seen = {d.vdev: d.pdev_path for d in dom.disks}
+        entry = self.registry.find(dom.uuid)
+        if entry is not None and entry.xl_disks == seen:
+            return entry
+        fresh = Entry(config=domain_config_from_libxl(dom.config), xl_disks=seen)
+        if entry is not None and {d.vdev: d.target for d in entry.config.disks} == seen:
+            fresh = Entry(config=entry.config, xl_disks=seen)  # xl caught up with domsnap
+        self.registry.put(dom.uuid, fresh)
+        return fresh
+
+    def _info(self, uuid: str, config: DomainConfig, state: str,
+              domid: int | None) -> DomainInfo:
+        disks = [DiskInfo(vdev=d.vdev, path=d.target, format=d.format, writable=d.writable,
+                          cdrom=d.devtype == "cdrom", backend=d.backendtype or "qdisk")
+                 for d in config.disks]
+        return DomainInfo(uuid=uuid, name=config.name, state=state,  # type: ignore[arg-type]
+                          disks=disks, domid=domid)
+
+    def list_domains(self) -> list[DomainInfo]:
+        doms = [d for d in parse_list_long(self._xl("list", "-l", timeout=60)) if d.domid != 0]
+        states = {r.domid: r.state for r in parse_list(self._xl("list", timeout=60))}
+        out: dict[str, DomainInfo] = {}
+        for dom in doms:
+            try:
+                entry = self._sync(dom)
+            except (DomsnapError, ValueError) as exc:  # one odd domain must not hide the rest
+                del exc
+                continue
+            if entry is not None and dom.uuid is not None:
+                out[dom.uuid] = self._info(dom.uuid, entry.config,
+                                           states.get(dom.domid, "unknown"), dom.domid)
+        for uuid in self.registry.uuids():
+            if uuid not in out and (entry2 := self.registry.find(uuid)) is not None:
+                out[uuid] = self._info(uuid, entry2.config, "shutoff", None)
+        return sorted(out.values(), key=lambda i: i.name)
+
+    def domain_info(self, uuid: str) -> DomainInfo:
+        if self.registry.find(uuid) is None:
+            for info in self.list_domains():
+                if info.uuid == uuid:
+                    return info
+            raise UnknownDomain(f"no domain {uuid} on this host", domain=uuid)
+        found = self._lookup(uuid)
+        config = self.registry.get(uuid).config
+        if found is None:
+            return self._info(uuid, config, "shutoff", None)
+        return self._info(uuid, config, found[1], found[0])
+
+    def domain_config(self, uuid: str) -> DomainConfig:
+        return self.registry.get(uuid).config
+
+    def set_domain_config(self, uuid: str, config: DomainConfig) -> None:
+        self.registry.set_config(uuid, config)
+
+    # ------------------------------------------------------------ run state
+
+    def pause(self, uuid: str) -> None:
+        self._xl("pause", str(self._running(uuid)[0]), timeout=60)
+
+    def unpause(self, uuid: str) -> None:
+        self._xl("unpause", str(self._running(uuid)[0]), timeout=60)
+
+    def destroy(self, uuid: str) -> None:
+        found = self._lookup(uuid)
+        if found is not None:
+            self._xl("destroy", str(found[0]), timeout=120)
+
+    def start(self, uuid: str, config: DomainConfig, *, paused: bool,
+              memory_file: Path | None = None) -> None:
+        if self._lookup(uuid) is not None:
+            raise Refused(f"domain {config.name} is running already", domain=uuid)
+        cfg = config.model_copy(update={"uuid": uuid})
+        path = self.registry.write_cfg(uuid, cfg)
+        flags = ["-p"] if paused else []
+        if memory_file is not None:
+            self._xl("restore", *flags, str(path), str(memory_file))
+        else:
+            self._xl("create", *flags, str(path), timeout=300)
+        self.registry.put(uuid, Entry(config=cfg, xl_disks={d.vdev: d.target
+                                                            for d in cfg.disks}))
+
+    # ------------------------------------------------------------ strategies
+
+    def disk_strategies(self, uuid: str, ops: list[DiskOp], *, active: bool) -> list[str]:
+        domid = self._running(uuid)[0] if active else None
+        out = []
+        for op in ops:
+            if op.backend == "phy" or (op.format == "raw" and op.path.startswith("/dev/")):
+                if op.type == "internal":
+                    raise Refused(f"disk {op.vdev}: {op.path} is a raw volume: it has no "
+                                  "internal snapshots")
+                if self.lvm.probe(op.path) is None:
+                    raise Refused(
+                        f"disk {op.vdev}: {op.path} is on the blkback (phy) backend and is not "
+                        "an LVM logical volume: domsnap snapshots such disks only through LVM")
+                out.append("lvm")
+            elif domid is None:
+                out.append("qemu-img")
+            elif op.backend in (None, "qdisk") and self.qmp_path(domid).exists():
+                out.append("qmp")
+            else:
+                out.append("save-restore")
+        return out
+
+    # ------------------------------------------------------------ create
+
+    def capture(self, uuid: str, *, name: str, memory_file: Path | None,
+                disks: list[DiskOp], progress: Progress) -> LiveResult:
+        domid, state = self._running(uuid)
+        was_running = state == "running"
+        if any(op.strategy == "save-restore" for op in disks):
+            return self._capture_save_restore(uuid, domid, name=name, memory_file=memory_file,
+                                              disks=disks, was_running=was_running,
+                                              progress=progress)
+        result = LiveResult(domain_state=state)
+        t0 = time.monotonic()
+        if memory_file is not None:
+            self._save(uuid, domid, memory_file, ["-p"], was_running, progress)
+            result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
+            result.memory_bytes = memory_file.stat().st_size
+        elif was_running:
+            self._xl("pause", str(domid), timeout=60)
+        try:
+            progress("disks", f"snapshotting {len(disks)} disk(s) while the domain is paused")
+            result.disks_ms = self._take_paused(domid, name, disks)
+        except BaseException:
+            if memory_file is not None:
+                memory_file.unlink(missing_ok=True)
+            raise
+        finally:
+            if was_running:
+                self._xl("unpause", str(domid), timeout=60)
+            result.pause_ms = round((time.monotonic() - t0) * 1000, 3)
+        return result
+
+    def _save(self, uuid: str, domid: int, file: Path, flags: list[str], was_running: bool,
+              progress: Progress) -> None:
+        """``xl save``: the guest suspends, its RAM goes to ``file`` (0600)."""
+        _touch_private(file)
+        progress("memory", "xl save: suspending the guest and writing its memory")
+        try:
+            self._xl("save", *flags, str(domid), str(file))
+        except CommandFailed as exc:
+            file.unlink(missing_ok=True)
+            self._resume_after_failed_save(uuid, was_running)
+            if any(s in exc.stderr for s in NO_SUSPEND) or exc.returncode is None:
+                raise CommandFailed(exc.argv, exc.returncode,
+                                    "the guest did not suspend in time; the domain was left "
+                                    f"running\n{exc.stderr}", exc.stdout) from exc
+            raise
+        _fsync(file)
+
+    def _resume_after_failed_save(self, uuid: str, was_running: bool) -> None:
+        try:
+            found = self._lookup(uuid)
+            if found is not None and found[1] == "paused" and was_running:
+                self._xl("unpause", str(found[0]), timeout=60)
+        except DomsnapError:
+            pass
+
+    def _take_paused(self, domid: int, name: str, disks: list[DiskOp]) -> float:
+        """QMP disks in one transaction, then LVM volumes; all or nothing."""
+        qmp_ops = [op for op in disks if op.strategy == "qmp"]
+        lvm_ops = [op for op in disks if op.strategy == "lvm"]
+        t0 = time.monotonic()
+        actions: list[dict[str, Any]] = []
+        if qmp_ops:
+            with self._qmp(domid) as q:
+                actions = snapshot_actions(q.execute("query-named-block-nodes"), name, qmp_ops)
+                qmpblock.transaction(q, actions)
+        made: list[DiskOp] = []
+        try:
+            for op in lvm_ops:
+                take_offline(self.img, self.lvm, op, name)
+                made.append(op)
+        except BaseException:
+            for op in made:
+                self._quietly(undo_offline, self.img, self.lvm, op, name)
+            if actions:
+                with self._qmp(domid) as q:
+                    qmpblock.undo_actions(q, actions, timeout=self.timeout)
+            raise
+        return round((time.monotonic() - t0) * 1000, 3)
+
+    @staticmethod
+    def _quietly(fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except DomsnapError:
+            pass
+
+    # ------------------------------------------------------------ save/restore window
+
+    def _window(self, uuid: str, domid: int, *, keep: Path | None, was_running: bool,
+                work: Callable[[], DomainConfig], progress: Progress) -> None:
+        """Stop the domain with ``xl save``, run ``work`` (offline disk work; it returns
+        the config to restore with), then ``xl restore``. On failure the domain is
+        restored on its old config. ``keep``: the memory file to save into and keep."""
+        file = keep or self.scratch / f"{uuid}.save"
+        if keep is None:
+            file.unlink(missing_ok=True)
+        old = self.registry.get(uuid).config
+        self._save(uuid, domid, file, [], was_running, progress)
+        try:
+            try:
+                config = work()
+            except BaseException:
+                self.start(uuid, old, paused=not was_running, memory_file=file)
+                raise
+            progress("restore", "xl restore on the new images")
+            self.start(uuid, config, paused=not was_running, memory_file=file)
+        finally:
+            if keep is None:
+                file.unlink(missing_ok=True)
+
+    def _capture_save_restore(self, uuid: str, domid: int, *, name: str,
+                              memory_file: Path | None, disks: list[DiskOp],
+                              was_running: bool, progress: Progress) -> LiveResult:
+        result = LiveResult(domain_state="running" if was_running else "paused")
+        t0 = time.monotonic()
+
+        def work() -> DomainConfig:
+            result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
+            t1 = time.monotonic()
+            self._offline_parallel(name, disks)
+            result.disks_ms = round((time.monotonic() - t1) * 1000, 3)
+            return _retarget(self.registry.get(uuid).config,
+                             {op.path: op.target for op in disks
+                              if op.type == "external" and op.strategy != "lvm" and op.target})
+
+        try:
+            self._window(uuid, domid, keep=memory_file, was_running=was_running, work=work,
+                         progress=progress)
+        except BaseException:
+            if memory_file is not None:
+                memory_file.unlink(missing_ok=True)
+            raise
+        if memory_file is not None:
+            result.memory_bytes = memory_file.stat().st_size
+        result.pause_ms = round((time.monotonic() - t0) * 1000, 3)
+        return result
+
+    def _offline_parallel(self, name: str, disks: list[DiskOp]) -> None:
+        """Every disk at once (the domain is stopped); all or nothing."""
+        with ThreadPoolExecutor(max_workers=max(1, len(disks))) as pool:
+            futures = [(op, pool.submit(take_offline, self.img, self.lvm, op, name))
+                       for op in disks]
+            errors = [(op, f.exception()) for op, f in futures]
+        failed = [e for _, e in errors if e is not None]
+        if failed:
+            for op, err in errors:
+                if err is None:
+                    self._quietly(undo_offline, self.img, self.lvm, op, name)
+            raise failed[0]
+
+    # ------------------------------------------------------------ undo / delete / merge
+
+    def _has_qmp(self, domid: int) -> bool:
+        return self.qmp_path(domid).exists()
+
+    def undo_disks(self, uuid: str, *, name: str, disks: list[DiskOp]) -> None:
+        domid, state = self._running(uuid)
+        for op in disks:
+            if op.strategy == "lvm":
+                undo_offline(self.img, self.lvm, op, name)
+        rest = [op for op in disks if op.strategy != "lvm"]
+        if not rest:
+            return
+        if self._has_qmp(domid) and all(op.strategy == "qmp" for op in rest):
+            with self._qmp(domid) as q:
+                qmpblock.undo_disks(q, name=name, disks=rest, timeout=self.timeout)
+            return
+
+        def work() -> DomainConfig:
+            moves: dict[str, str] = {}
+            for op in rest:
+                if op.type == "external" and op.target:
+                    self.img.commit(op.target)  # keep what the guest wrote since
+                    Path(op.target).unlink(missing_ok=True)
+                    moves[op.target] = op.path
+                else:
+                    self.img.snapshot_delete(op.path, name)
+            return _retarget(self.registry.get(uuid).config, moves)
+
+        self._window(uuid, domid, keep=None, was_running=state == "running", work=work,
+                     progress=lambda step, msg: None)
+
+    def delete_internal_live(self, uuid: str, *, name: str, path: str) -> None:
+        domid, state = self._running(uuid)
+        if self._has_qmp(domid):
+            with self._qmp(domid) as q:
+                qmpblock.delete_internal(q, name=name, path=path)
+            return
+
+        def work() -> DomainConfig:
+            self.img.snapshot_delete(path, name)
+            return self.registry.get(uuid).config
+
+        self._window(uuid, domid, keep=None, was_running=state == "running", work=work,
+                     progress=lambda step, msg: None)
+
+    def commit_live(self, uuid: str, *, top: str, base: str) -> None:
+        domid, state = self._running(uuid)
+        if self._has_qmp(domid):
+            with self._qmp(domid) as q:
+                qmpblock.commit(q, top=top, base=base, timeout=self.timeout)
+            return
+
+        def work() -> DomainConfig:
+            self.img.commit(top)
+            return _retarget(self.registry.get(uuid).config, {top: base})
+
+        self._window(uuid, domid, keep=None, was_running=state == "running", work=work,
+                     progress=lambda step, msg: None)

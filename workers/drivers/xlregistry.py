@@ -1,0 +1,88 @@
+"""The xl driver's host-side registry of domain configs.
+
+xl knows only running domains, and after a live external snapshot its view
+(``xl list -l``) still names the old image. So each domain's config is kept here,
+under ``<state dir>/xl/<uuid>.json``: taken from ``xl list -l`` when the domain is
+first seen, then owned by domsnap (updated after external snapshots, reverts and
+merges). A domain that is shut off stays known, and can be started again from the
+config written next to it (``<uuid>.cfg``, xl.cfg syntax).
+
+Each entry also remembers the disk paths xl reported when domsnap last looked
+(``xl_disks``). If xl later reports other paths, the domain's owner re-created it
+from another config: the entry is then taken from xl again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from domsnap.errors import UnknownDomain
+from domsnap.xlcfg import format_domain_config
+from schemas.config import DomainConfig
+
+
+class Entry(BaseModel):
+    config: DomainConfig
+    xl_disks: dict[str, str | None] = {}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Registry:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "xl"
+
+    def _path(self, uuid: str) -> Path:
+        return self.root / f"{uuid}.json"
+
+    def uuids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.stem for p in self.root.glob("*.json") if not p.name.startswith("."))
+
+    def get(self, uuid: str) -> Entry:
+        try:
+            return Entry.model_validate_json(self._path(uuid).read_text())
+        except FileNotFoundError:
+            raise UnknownDomain(f"no domain {uuid} on this host", domain=uuid) from None
+        except ValidationError as exc:
+            raise UnknownDomain(f"the registry entry of domain {uuid} is unreadable: {exc}",
+                                domain=uuid) from None
+
+    def find(self, uuid: str) -> Entry | None:
+        try:
+            return self.get(uuid)
+        except UnknownDomain:
+            return None
+
+    def put(self, uuid: str, entry: Entry) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write(self._path(uuid), json.dumps(entry.model_dump(mode="json"), indent=2))
+
+    def set_config(self, uuid: str, config: DomainConfig) -> None:
+        old = self.find(uuid)
+        self.put(uuid, Entry(config=config, xl_disks=old.xl_disks if old else {}))
+
+    def write_cfg(self, uuid: str, config: DomainConfig) -> Path:
+        """The config as an xl.cfg file for ``xl create`` / ``xl restore`` (0600: it
+        names the domain's images)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.root / f"{uuid}.cfg"
+        _write(path, format_domain_config(config))
+        return path
+
+    def remove(self, uuid: str) -> None:
+        for suffix in (".json", ".cfg"):
+            (self.root / f"{uuid}{suffix}").unlink(missing_ok=True)
