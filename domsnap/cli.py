@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from domsnap.errors import DomsnapError, from_dict
+from domsnap.errors import DomsnapError, InvalidInput, from_dict
 from domsnap.settings import get_settings, reset_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -268,15 +268,18 @@ def worker(host: str | None, driver: str | None, concurrency: int | None,
     sys.exit(run(get_settings(), loglevel=loglevel))
 
 
-# ---------------------------------------------------------------- local toolstack (qemu)
+# ---------------------------------------------------------------- local toolstack
 
 
-def _qemu() -> Any:
+def _local(*, qemu_only: str | None = None) -> Any:
+    """This host's driver. ``qemu_only``: the command, if only the qemu driver has it
+    (on a dom0, xl creates and forgets domains)."""
     from workers.host import build_host
 
     host = build_host(get_settings())
-    if host.driver.name != "qemu":
-        raise DomsnapError("domain-* commands manage qemu-driver domains only")
+    if qemu_only and host.driver.name != "qemu":
+        raise InvalidInput(f"{qemu_only} is for the qemu driver; on a Xen dom0 use xl "
+                           "(domsnap registers the domains xl runs)", field="driver")
     return host
 
 
@@ -312,7 +315,7 @@ def domain_create(paused: bool, cfg: str) -> None:
     from domsnap.xlcfg import load_domain_config
 
     config = load_domain_config(cfg)
-    host = _qemu()
+    host = _local(qemu_only="domain-create")
     config = host.driver.define(config)
     try:
         host.driver.start(config.uuid, config, paused=paused)
@@ -327,8 +330,8 @@ def domain_create(paused: bool, cfg: str) -> None:
 @click.option("--paused", is_flag=True)
 @click.argument("domain")
 def domain_start(paused: bool, domain: str) -> None:
-    """Start a registered, shut-off domain (qemu driver)."""
-    host = _qemu()
+    """Start a shut-off domain from the config domsnap keeps (its current images)."""
+    host = _local()
     uuid = host.driver.find(domain)
     host.driver.start(uuid, host.driver.domain_config(uuid), paused=paused)
     _publish(host)
@@ -337,8 +340,8 @@ def domain_start(paused: bool, domain: str) -> None:
 @main.command("domain-pause")
 @click.argument("domain")
 def domain_pause(domain: str) -> None:
-    """Pause a running domain (qemu driver)."""
-    host = _qemu()
+    """Pause a running domain."""
+    host = _local()
     host.driver.pause(_unlocked(host, domain))
     _publish(host)
 
@@ -346,8 +349,8 @@ def domain_pause(domain: str) -> None:
 @main.command("domain-unpause")
 @click.argument("domain")
 def domain_unpause(domain: str) -> None:
-    """Unpause a paused domain (qemu driver)."""
-    host = _qemu()
+    """Unpause a paused domain."""
+    host = _local()
     host.driver.unpause(_unlocked(host, domain))
     _publish(host)
 
@@ -355,8 +358,8 @@ def domain_unpause(domain: str) -> None:
 @main.command("domain-list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def domain_list(as_json: bool) -> None:
-    """Domains of this host (qemu driver): name, uuid, state."""
-    host = _qemu()
+    """Domains of this host, running or shut off: name, uuid, state."""
+    host = _local()
     doms = host.driver.list_domains()
     if as_json:
         click.echo(_dumps([d.model_dump(mode="json") for d in doms]))
@@ -370,11 +373,26 @@ def domain_list(as_json: bool) -> None:
 @click.option("--undefine", is_flag=True, help="Also forget the domain (its snapshots stay).")
 @click.argument("domain")
 def domain_destroy(undefine: bool, domain: str) -> None:
-    """Stop a domain at once (qemu driver); it stays known, shut off."""
-    host = _qemu()
+    """Stop a domain at once; it stays known, shut off."""
+    host = _local(qemu_only="domain-destroy --undefine" if undefine else None)
     uuid = _unlocked(host, domain)
     if undefine:
         host.driver.undefine(uuid)
     else:
         host.driver.destroy(uuid)
     _publish(host)
+
+
+@main.command("domain-config")
+@click.option("--json", "as_json", is_flag=True, help="The parsed config as JSON.")
+@click.argument("domain")
+def domain_config(as_json: bool, domain: str) -> None:
+    """Print the config domsnap keeps for a domain, as xl.cfg: after external
+    snapshots and reverts it names the images the domain must run on (start a domain
+    by hand from this, never from an older file)."""
+    from domsnap.xlcfg import format_domain_config
+
+    host = _local()
+    cfg = host.driver.domain_config(host.driver.find(domain))
+    click.echo(_dumps(cfg.model_dump(mode="json")) if as_json
+               else format_domain_config(cfg).rstrip("\n"))

@@ -9,6 +9,8 @@ log() { echo "setup: $*" >&2; }
 
 PKGS=(qemu-system-x86 qemu-utils redis-server busybox-static linux-image-amd64 cpio xz-utils
       kmod procps)
+# systemd-analyze checks the dom0 worker unit (scripts/systemd/)
+if ! command -v systemd-analyze >/dev/null 2>&1; then PKGS+=(systemd); fi
 # a compose CLI to validate docker-compose.yml (no engine needed for `config`)
 if ! docker compose version >/dev/null 2>&1; then PKGS+=(docker-compose); fi
 missing=()

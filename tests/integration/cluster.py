@@ -190,8 +190,10 @@ class Domain:
 
     def start(self) -> None:
         """Start the shut-off domain again from the config domsnap keeps."""
-        if self.host.driver == "xl":
-            self.host.xl("create", str(self.host.state_dir / "xl" / f"{self.uuid}.cfg"))
+        if self.host.driver == "xl":  # as an operator would: xl, with domsnap's config
+            cfg = self.host.root / f"{self.name}.current.cfg"
+            cfg.write_text(self.host.cli("domain-config", self.name, check=True).stdout)
+            self.host.xl("create", str(cfg))
         else:
             self.host.cli("domain-start", self.name, check=True)
 

@@ -300,3 +300,61 @@ def test_every_setting_is_in_the_readme() -> None:
     missing = sorted(f"DOMSNAP_{f.upper()}" for f in Settings.model_fields
                      if f"DOMSNAP_{f.upper()}" not in text)
     assert not missing, f"README's settings table lacks: {missing}"
+
+
+# ---------------------------------------------------------------- dom0 systemd unit
+
+SYSTEMD = REPO / "scripts" / "systemd"
+
+
+def _unit() -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in (SYSTEMD / "domsnap-worker.service").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        else:
+            key, _, value = line.partition("=")
+            current[key] = value
+    return sections
+
+
+def test_worker_unit_runs_the_xl_worker_with_secrets_from_a_file() -> None:
+    unit = _unit()
+    svc = unit["Service"]
+    argv = svc["ExecStart"].split()
+    assert argv[0].endswith("/bin/domsnap") and argv[1:] == ["worker", "--driver", "xl"]
+    assert svc["EnvironmentFile"] == "/etc/domsnap/domsnap.env"
+    assert svc["Restart"] == "always" and svc["UMask"] == "0077"
+    assert "Environment" not in svc  # nothing secret in a world-readable unit
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert "xen" in unit["Unit"]["After"]
+
+
+def test_worker_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    """systemd's own checker, with ExecStart pointed at this checkout's domsnap."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (Debian package systemd) is installed by scripts/setup.sh"
+    domsnap = Path(sys.executable).parent / "domsnap"
+    text = (SYSTEMD / "domsnap-worker.service").read_text().replace(
+        "/opt/domsnap/.venv/bin/domsnap", str(domsnap))
+    unit = tmp_path / "domsnap-worker.service"
+    unit.write_text(text)
+    proc = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
+                          text=True, timeout=60)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
+                if "domsnap-worker.service" in line and "Unknown" in line]
+    assert proc.returncode == 0 or not problems, proc.stderr
+
+
+def test_env_example_names_only_settings() -> None:
+    fields = set(Settings.model_fields)
+    for line in (SYSTEMD / "domsnap.env.example").read_text().splitlines():
+        line = line.lstrip("#").strip()
+        if not line.startswith("DOMSNAP_"):
+            continue
+        key = line.split("=", 1)[0]
+        assert key.removeprefix("DOMSNAP_").lower() in fields, key

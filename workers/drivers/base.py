@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from domsnap.errors import UnknownDomain
 from schemas.config import DomainConfig
 from schemas.models import DomainInfo
 
@@ -63,6 +64,13 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def list_domains(self) -> list[DomainInfo]:
         """Every domain this host knows, running or shut off."""
+
+    def find(self, ref: str) -> str:
+        """A domain's uuid from its uuid or name; UnknownDomain if this host has none."""
+        for info in self.list_domains():
+            if ref in (info.uuid, info.name):
+                return info.uuid
+        raise UnknownDomain(f"no domain {ref!r} on this host", domain=ref)
 
     @abc.abstractmethod
     def domain_info(self, uuid: str) -> DomainInfo:

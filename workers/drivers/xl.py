@@ -27,6 +27,7 @@ does not lock images, so the change would be silently lost.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -49,7 +50,10 @@ from workers.qmp import QMPClient
 from workers.runner import Runner
 from workers.xlparse import XlDomain, domain_config_from_libxl, parse_list, parse_list_long
 
-INVALID_DOMAIN = "is an invalid domain identifier"
+log = logging.getLogger("domsnap.xl")
+
+INVALID_DOMAIN = "is an invalid domain identifier"  # a name xl does not know
+NO_SUCH_DOMID = "does not exist"  # `xl list N`: "Error: Domain 'N' does not exist."
 NO_SUSPEND = ("acknowledge suspend", "guest didn't suspend", "did not suspend",
               "suspend request")
 
@@ -115,8 +119,8 @@ class XlDriver(Driver):
         try:
             rows = parse_list(self._xl("list", str(dom.domid), timeout=60))
         except CommandFailed as exc:
-            if INVALID_DOMAIN in exc.stderr:
-                return None
+            if INVALID_DOMAIN in exc.stderr or NO_SUCH_DOMID in exc.stderr:
+                return None  # gone between the two calls
             raise
         row = next((r for r in rows if r.domid == dom.domid), None)
         return (dom.domid, row.state) if row else None
@@ -139,17 +143,22 @@ class XlDriver(Driver):
     # ------------------------------------------------------------ inventory
 
     def _sync(self, dom: XlDomain) -> Entry | None:
-        """Register a domain seen in xl for the first time, or re-take one its owner
-        re-created from another config; keep domsnap's own entry otherwise."""
+        """Register a domain seen in xl for the first time; for a new instance of a
+        known one (another domid), keep domsnap's config if it names the images xl
+        reports, else take xl's (its owner re-created it from another config)."""
         if dom.uuid is None:
             return None
-        seen = {d.vdev: d.pdev_path for d in dom.disks}
         entry = self.registry.find(dom.uuid)
-        if entry is not None and entry.xl_disks == seen:
-            return entry
-        fresh = Entry(config=domain_config_from_libxl(dom.config), xl_disks=seen)
+        if entry is not None and entry.domid == dom.domid:
+            return entry  # xl may name images a live external snapshot replaced: ours wins
+        seen = {d.vdev: d.pdev_path for d in dom.disks}
         if entry is not None and {d.vdev: d.target for d in entry.config.disks} == seen:
-            fresh = Entry(config=entry.config, xl_disks=seen)  # xl caught up with domsnap
+            fresh = Entry(config=entry.config, domid=dom.domid)
+        else:
+            if entry is not None:
+                log.warning("domain %s (%s) was started from a config naming other images "
+                            "than domsnap's: taking xl's view", dom.name, dom.uuid)
+            fresh = Entry(config=domain_config_from_libxl(dom.config), domid=dom.domid)
         self.registry.put(dom.uuid, fresh)
         return fresh
 
@@ -216,13 +225,14 @@ class XlDriver(Driver):
             raise Refused(f"domain {config.name} is running already", domain=uuid)
         cfg = config.model_copy(update={"uuid": uuid})
         path = self.registry.write_cfg(uuid, cfg)
+        self.registry.set_config(uuid, cfg)  # before xl starts it: the inventory agrees
         flags = ["-p"] if paused else []
         if memory_file is not None:
             self._xl("restore", *flags, str(path), str(memory_file))
         else:
             self._xl("create", *flags, str(path), timeout=300)
-        self.registry.put(uuid, Entry(config=cfg, xl_disks={d.vdev: d.target
-                                                            for d in cfg.disks}))
+        found = self._lookup(uuid)
+        self.registry.put(uuid, Entry(config=cfg, domid=found[0] if found else None))
 
     # ------------------------------------------------------------ strategies
 
@@ -260,6 +270,11 @@ class XlDriver(Driver):
         result = LiveResult(domain_state=state)
         t0 = time.monotonic()
         if memory_file is not None:
+            if not was_running:
+                # A paused guest cannot answer the suspend request (libxl would wait out
+                # its timeout): let it run just until it has suspended; `-p` keeps it
+                # paused after the save.
+                self._xl("unpause", str(domid), timeout=60)
             self._save(uuid, domid, memory_file, ["-p"], was_running, progress)
             result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
             result.memory_bytes = memory_file.stat().st_size
@@ -291,15 +306,21 @@ class XlDriver(Driver):
             if any(s in exc.stderr for s in NO_SUSPEND) or exc.returncode is None:
                 raise CommandFailed(exc.argv, exc.returncode,
                                     "the guest did not suspend in time; the domain was left "
-                                    f"running\n{exc.stderr}", exc.stdout) from exc
+                                    f"{'running' if was_running else 'paused'}\n{exc.stderr}",
+                                    exc.stdout) from exc
             raise
         _fsync(file)
 
     def _resume_after_failed_save(self, uuid: str, was_running: bool) -> None:
+        """Put the domain back in the run state it had (libxl may leave it paused)."""
         try:
             found = self._lookup(uuid)
-            if found is not None and found[1] == "paused" and was_running:
+            if found is None:
+                return
+            if found[1] == "paused" and was_running:
                 self._xl("unpause", str(found[0]), timeout=60)
+            elif found[1] == "running" and not was_running:
+                self._xl("pause", str(found[0]), timeout=60)
         except DomsnapError:
             pass
 

@@ -7,9 +7,10 @@ first seen, then owned by domsnap (updated after external snapshots, reverts and
 merges). A domain that is shut off stays known, and can be started again from the
 config written next to it (``<uuid>.cfg``, xl.cfg syntax).
 
-Each entry also remembers the disk paths xl reported when domsnap last looked
-(``xl_disks``). If xl later reports other paths, the domain's owner re-created it
-from another config: the entry is then taken from xl again.
+Each entry also remembers the domid of the instance it describes. A domain with
+another domid was started anew (xl create/restore): if domsnap started it, the
+entry already matches; if its owner did, from a config naming other images, xl's
+view of that new instance is the truth and the entry is taken from it again.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from schemas.config import DomainConfig
 
 class Entry(BaseModel):
     config: DomainConfig
-    xl_disks: dict[str, str | None] = {}
+    domid: int | None = None  # the instance this entry describes (None: not seen running)
 
 
 def _write(path: Path, text: str) -> None:
@@ -73,7 +74,7 @@ class Registry:
 
     def set_config(self, uuid: str, config: DomainConfig) -> None:
         old = self.find(uuid)
-        self.put(uuid, Entry(config=config, xl_disks=old.xl_disks if old else {}))
+        self.put(uuid, Entry(config=config, domid=old.domid if old else None))
 
     def write_cfg(self, uuid: str, config: DomainConfig) -> Path:
         """The config as an xl.cfg file for ``xl create`` / ``xl restore`` (0600: it

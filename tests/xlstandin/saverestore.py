@@ -1,0 +1,222 @@
+"""``xl save`` and ``xl restore``: xl's save-file header around QEMU's migration stream.
+
+File layout (as xl writes it): 32-byte magic, u32 byte order 0x01020304, u32
+mandatory flags (1 = config is JSON, 2 = stream v2), u32 optional flags, u32
+optional data length; optional data = u32 config length + the config (libxl JSON,
+yajl's final newline and a NUL); then the memory stream, here QEMU's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import time
+from typing import Any
+
+from tests.xlstandin.cli import (
+    MEM_FD,
+    err,
+    find_domain,
+    help_text,
+    make_domain,
+    opts,
+    out,
+    read_cfg,
+    xl_config,
+)
+from tests.xlstandin.domains import Dom, Env, Fail, kill, libxl_error, wait_finalized
+from tests.xlstandin.qmp import QMPFailure
+from tests.xlstandin.xlcfg import INVALID_DOMID, libxl_json
+
+SAVE_MAGIC = b"Xen saved domain, xl format\n \0 \r"
+BYTEORDER = 0x01020304
+FLAG_JSON, FLAG_STREAMV2 = 1, 2
+HEADER = struct.Struct("<32sIIII")
+
+
+# --------------------------------------------------------------------------- save
+
+def cmd_save(env: Env, args: list[str]) -> int:
+    found, rest = opts(args, "save", "cp", [], 2)
+    if len(rest) > 3:
+        out(help_text("save"))
+        return 1
+    flags = {o for o, _ in found}
+    target = find_domain(env, rest[0])
+    if isinstance(target, int):
+        raise Fail(1, "unable to retrieve domain configuration")
+    dom, filename = target, rest[1]
+    config = read_cfg(rest[2], what="override", rc=1) if len(rest) > 2 else dom.config
+    optdata = save_optdata(config)
+    try:
+        fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError:
+        raise Fail(1, f"Failed to open temp file {filename} for writing") from None
+    try:
+        os.write(fd, HEADER.pack(SAVE_MAGIC, BYTEORDER, FLAG_JSON | FLAG_STREAMV2, 0,
+                                 len(optdata)) + optdata)
+        err(f"Saving to {filename} new xl format (info 0x3/0x0/{len(optdata)})",
+            f"xc: info: Saving domain {dom.domid}, type x86 {'PV' if dom.type == 'pv' else 'HVM'}")
+        suspend(dom)
+        write_memory(dom, fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if "-p" in flags or "-c" in flags:
+        with dom.control() as q:
+            wait_finalized(q)
+            q.execute("cont")  # reactivates the block nodes the migration inactivated
+            if "-p" in flags:
+                q.execute("stop")
+        dom.set_state("paused" if "-p" in flags else "running")
+    else:
+        kill(dom)
+    return 0
+
+
+def save_optdata(config: dict[str, Any]) -> bytes:
+    """The save file's optional data: u32 length, then the config as libxl JSON with
+    yajl's final newline and C's NUL (xl stores strlen + 1 bytes).
+
+    The saved copy has no ``c_info.domid``: with it, the captured domain's header
+    would say 1117 bytes, where xl 4.17 wrote 1088 (29 bytes = exactly that line).
+    """
+    c_info = {k: v for k, v in config["c_info"].items() if k != "domid"}
+    blob = (libxl_json({**config, "c_info": c_info}) + "\n").encode() + b"\0"
+    return struct.pack("<I", len(blob)) + blob
+
+
+def suspend(dom: Dom) -> None:
+    """libxl asks a PV/PVH guest to suspend through xenstore and waits for the ack."""
+    if dom.type == "hvm":
+        return  # an HVM guest without PV drivers is suspended by Xen, no ack needed
+    if not (dom.dir / "no-suspend").exists() and dom.run_state() == "running":
+        return
+    time.sleep(dom.env.suspend_timeout)
+    lines = [
+        libxl_error("libxl_dom_suspend.c:262:domain_suspend_common_pvcontrol_suspending",
+                    dom.domid, "guest didn't acknowledge suspend, cancelling request"),
+        "xc: error: save callback suspend() failed: 0: Internal error",
+        "xc: error: Save failed (0 = Success): Internal error",
+        libxl_error("libxl_stream_write.c:347:libxl__xc_domain_save_done", dom.domid,
+                    "saving domain: domain did not respond to suspend request: Success"),
+        "Failed to save domain, resuming domain",
+        f"xc: error: Dom {dom.domid} not suspended: (shutdown 0, reason 0): Internal error",
+        libxl_error("libxl_dom_suspend.c:661:domain_resume_done", dom.domid,
+                    "xc_domain_resume failed: Invalid argument"),
+    ]
+    raise Fail(1, *lines)
+
+
+def write_memory(dom: Dom, fd: int) -> None:
+    """Stop the domain and stream its memory into ``fd`` from its current offset."""
+    was_running = False
+    try:
+        with dom.control(timeout=600) as q:
+            was_running = q.execute("query-status")["status"] == "running"
+            dom.set_state("paused")
+            if was_running:
+                q.execute("stop")
+            # QEMU caps migration at 128 MiB/s by default (meant for networks)
+            q.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+            q.send_fd(MEM_FD, fd)
+            q.execute("migrate", {"uri": f"fd:{MEM_FD}"})
+            info = q.poll("query-migrate",
+                          lambda r: r.get("status") in ("completed", "failed", "cancelled"),
+                          timeout=3600, interval=0.005)
+            if info.get("status") != "completed":
+                raise QMPFailure(str(info.get("error-desc", info.get("status"))))
+    except QMPFailure as exc:
+        with contextlib.suppress(QMPFailure, OSError), dom.control() as q:
+            if was_running:
+                wait_finalized(q)
+                q.execute("cont")
+        dom.set_state("running" if was_running else "paused")
+        raise Fail(1, f"xc: error: Save failed ({exc}): Internal error",
+                   libxl_error("libxl_stream_write.c:347:libxl__xc_domain_save_done",
+                               dom.domid, "saving domain: domain responded to suspend "
+                               "request: Input/output error"),
+                   "Failed to save domain, resuming domain") from None
+
+
+# --------------------------------------------------------------------------- restore
+
+def cmd_restore(env: Env, args: list[str]) -> int:
+    found, rest = opts(args, "restore", "FcpdeVA", ["vncviewer", "vncviewer-autopass"], 1)
+    if len(rest) not in (1, 2):
+        out(help_text("restore"))
+        return 1
+    paused = any(o == "-p" for o, _ in found)
+    cfg_file, filename = (rest[0], rest[1]) if len(rest) == 2 else (None, rest[0])
+    try:
+        fd = os.open(filename, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Fail(1, f"Can't open restore file: {exc.strerror}") from None
+    try:
+        head = _read_exactly(fd, HEADER.size, filename, "header")
+        magic, byteorder, mandatory, optional, optlen = HEADER.unpack(head)
+        if magic != SAVE_MAGIC:
+            raise Fail(1, "File has wrong magic number - corrupt or for a different tool?")
+        if byteorder != BYTEORDER:
+            raise Fail(1, "File has wrong byte order")
+        err(f"Loading new save file {filename} (new xl fmt info "
+            f"0x{mandatory:x}/0x{optional:x}/{optlen})")
+        if mandatory & ~(FLAG_JSON | FLAG_STREAMV2):
+            raise Fail(1, f"Savefile has mandatory flag(s) 0x{mandatory & ~3:x} which are not "
+                          "supported; need newer xl")
+        saved = _read_exactly(fd, optlen, filename, "optdata") if optlen else b""
+        config_data = b""
+        if saved:
+            err(" Savefile contains xl domain config"
+                + (" in JSON format" if mandatory & FLAG_JSON else ""))
+            if len(saved) < 4:
+                raise Fail(1, "Savefile truncated.")
+            (clen,) = struct.unpack("<I", saved[:4])
+            if len(saved) - 4 < clen:
+                raise Fail(1, "Savefile truncated.")
+            config_data = saved[4:4 + clen]
+        if cfg_file is not None:
+            config = read_cfg(cfg_file, what="config", rc=1)
+            err(f"Parsing config from {cfg_file}")
+        elif not config_data:
+            raise Fail(1, "Config file not specified and none in save file")
+        else:
+            err("Parsing config from <saved>")
+            text = config_data.rstrip(b"\0").decode("utf-8", errors="replace")
+            if mandatory & FLAG_JSON:
+                try:
+                    config = json.loads(text)
+                except ValueError:
+                    raise Fail(1, "xl (test stand-in): the saved config is not valid JSON") \
+                        from None
+            else:
+                config = xl_config(text, "<saved>")
+        c_info = config.get("c_info") if isinstance(config, dict) else None
+        if not isinstance(c_info, dict) or not c_info.get("name") or not c_info.get("uuid"):
+            raise Fail(1, "xl (test stand-in): the domain config has no c_info name/uuid")
+        if "domid" not in c_info:  # back to the shape `xl create` gives (see save_optdata)
+            shaped = {k: c_info[k] for k in ("type", "name") if k in c_info}
+            shaped["domid"] = INVALID_DOMID
+            shaped.update((k, v) for k, v in c_info.items() if k not in shaped)
+            config["c_info"] = shaped
+        dom = make_domain(env, config, paused=paused, failure_rc=1, restore_fd=fd)
+    finally:
+        os.close(fd)
+    err("xc: info: Restore successful")
+    if dom.type == "pv":
+        err(f"xc: info: XenStore: mfn 0x{0x7ab9b - 2 * dom.domid:x}, dom 0, evt 1",
+            f"xc: info: Console: mfn 0x{0x7ab9a - 2 * dom.domid:x}, dom 0, evt 2")
+    return 0
+
+
+def _read_exactly(fd: int, size: int, source: str, what: str) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise Fail(1, f"libxl: error: libxl_utils.c:440:libxl_read_exactly: "
+                          f"file/stream truncated reading {what} from {source}")
+        data += chunk
+    return data
