@@ -279,7 +279,8 @@ def domain_config_from_libxl(config: dict[str, Any]) -> DomainConfig:
     libxl keeps the maximum in ``max_vcpus`` and the online ones in the
     ``avail_vcpus`` bitmap, so both come back. Keys without a DomainConfig field go
     to ``other`` in xl.cfg syntax (``maxmem``, ``maxvcpus``, ``bootloader``,
-    ``bootloader_args``, ``vif``, ``on_poweroff``/``on_reboot``/``on_crash``)."""
+    ``bootloader_args``, ``vif``, ``on_poweroff``/``on_reboot``/``on_crash``,
+    ``device_model_stubdomain_override``)."""
     if not isinstance(config, dict):
         raise XlParseError("a libxl domain config must be an object", repr(config))
     c_info, b_info = _obj(config.get("c_info")), _obj(config.get("b_info"))
@@ -313,6 +314,10 @@ def domain_config_from_libxl(config: dict[str, Any]) -> DomainConfig:
     args = b_info.get("bootloader_args", pv_info.get("bootloader_args"))
     if isinstance(args, list) and args and all(isinstance(a, str) for a in args):
         other["bootloader_args"] = list(args)
+    # where the device model runs decides how disks can be snapshotted (no QMP socket
+    # in dom0 for a stub domain): a re-created domain must keep it
+    if _flag(b_info.get("device_model_stubdomain")):
+        other["device_model_stubdomain_override"] = 1
     fields["disks"] = [_to_disk_spec(disk) for disk in _disks(config)]
     nics = config.get("nics")
     if isinstance(nics, list) and (vifs := [_vif(n) for n in nics if isinstance(n, dict)]):

@@ -615,3 +615,14 @@ def test_every_fixture_is_described_in_the_readme() -> None:
     files = sorted(p.name for p in FIXTURES.iterdir() if p.name != "README.md")
     assert len(files) == 18
     assert [name for name in files if f"`{name}`" not in readme] == []
+
+
+def test_stub_domain_device_model_survives_the_registry() -> None:
+    """A domain whose device model runs in a stub domain has no QMP socket in dom0;
+    re-created from the registered config it must stay so (it decides the strategy)."""
+    config = json.loads(fixture("list-l-one.txt"))[0]["config"]
+    assert "device_model_stubdomain_override" not in domain_config_from_libxl(config).other
+    config["b_info"]["device_model_stubdomain"] = "True"
+    cfg = domain_config_from_libxl(config)
+    assert cfg.other["device_model_stubdomain_override"] == 1
+    assert parse_domain_config(format_domain_config(cfg)) == cfg

@@ -304,10 +304,11 @@ class XlDriver(Driver):
             file.unlink(missing_ok=True)
             self._resume_after_failed_save(uuid, was_running)
             if any(s in exc.stderr for s in NO_SUSPEND) or exc.returncode is None:
-                raise CommandFailed(exc.argv, exc.returncode,
-                                    "the guest did not suspend in time; the domain was left "
-                                    f"{'running' if was_running else 'paused'}\n{exc.stderr}",
-                                    exc.stdout) from exc
+                err = CommandFailed(exc.argv, exc.returncode, exc.stderr, exc.stdout)
+                err.message = ("the guest did not suspend in time; the domain was left "
+                               f"{'running' if was_running else 'paused'} ({exc.message})")
+                err.args = (err.message,)
+                raise err from exc
             raise
         _fsync(file)
 
