@@ -16,17 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.models import SnapshotRecord
-
-
-def _atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+from workers.fsutil import atomic_write as _atomic_write
 
 
 class HostFiles:

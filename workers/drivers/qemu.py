@@ -33,6 +33,7 @@ from workers import qmpblock
 from workers.accel import accelerators
 from workers.blocknodes import snapshot_actions
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
+from workers.fsutil import fsync_path
 from workers.qmp import QMPClient
 from workers.runner import Runner
 
@@ -42,14 +43,6 @@ MEM_FD = "domsnap-mem"
 def _event_time(ev: dict[str, Any]) -> float:
     ts = ev.get("timestamp") or {}
     return float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class QemuDriver(Driver):
@@ -293,7 +286,7 @@ class QemuDriver(Driver):
             if not was_running:
                 q.execute("stop")
             result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
-            _fsync(memory_file)  # QEMU does not sync what it wrote
+            fsync_path(memory_file)  # QEMU does not sync what it wrote
             result.memory_bytes = memory_file.stat().st_size
         except BaseException:
             self._abort_migration(q)

@@ -44,6 +44,7 @@ from workers.blocknodes import snapshot_actions
 from workers.diskops import take_offline, undo_offline
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
 from workers.drivers.xlregistry import Entry, Registry
+from workers.fsutil import fsync_path
 from workers.lvm import Lvm
 from workers.qemu_img import QemuImg
 from workers.qmp import QMPClient
@@ -63,14 +64,6 @@ def _touch_private(path: Path) -> None:
     (xl creates its save file with the umask: 0644 seen)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _retarget(config: DomainConfig, moves: dict[str, str]) -> DomainConfig:
@@ -310,7 +303,7 @@ class XlDriver(Driver):
                 err.args = (err.message,)
                 raise err from exc
             raise
-        _fsync(file)
+        fsync_path(file)
 
     def _resume_after_failed_save(self, uuid: str, was_running: bool) -> None:
         """Put the domain back in the run state it had (libxl may leave it paused)."""

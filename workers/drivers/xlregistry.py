@@ -16,7 +16,6 @@ view of that new instance is the truth and the entry is taken from it again.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -24,21 +23,12 @@ from pydantic import BaseModel, ValidationError
 from domsnap.errors import UnknownDomain
 from domsnap.xlcfg import format_domain_config
 from schemas.config import DomainConfig
+from workers.fsutil import atomic_write
 
 
 class Entry(BaseModel):
     config: DomainConfig
     domid: int | None = None  # the instance this entry describes (None: not seen running)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class Registry:
@@ -70,7 +60,7 @@ class Registry:
 
     def put(self, uuid: str, entry: Entry) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write(self._path(uuid), json.dumps(entry.model_dump(mode="json"), indent=2))
+        atomic_write(self._path(uuid), json.dumps(entry.model_dump(mode="json"), indent=2))
 
     def set_config(self, uuid: str, config: DomainConfig) -> None:
         old = self.find(uuid)
@@ -81,7 +71,7 @@ class Registry:
         names the domain's images)."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.root / f"{uuid}.cfg"
-        _write(path, format_domain_config(config))
+        atomic_write(path, format_domain_config(config))
         return path
 
     def remove(self, uuid: str) -> None:
