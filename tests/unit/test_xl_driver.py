@@ -53,7 +53,28 @@ class FakeDom0:
         self.flags = "-b----"
         self.suspend_ok = suspend_ok
         self.snapshots: set[str] = set()
+        self.restore_failures = 0
+        self.restored_with: list[str] = []  # the config each restore was given
+        self.created: list[list[str]] = []
+        self.internal: dict[str, set[str]] = {}  # qcow2 image -> internal snapshots
         self.runner = RecordingRunner(self.answer)
+
+    def _qemu_img(self, argv: list[str]) -> Completed | BaseException:
+        if argv[1] == "info":
+            names = sorted(self.internal.get(argv[-1], set()))
+            return RecordingRunner.result(json.dumps(
+                {"format": "qcow2", "snapshots": [{"name": n} for n in names]}))
+        if argv[1] == "create":
+            self.created.append(argv)
+            return RecordingRunner.result()
+        assert argv[1] == "snapshot", argv
+        path = argv[-1].split("file.filename=", 1)[1]
+        name = argv[argv.index("-c" if "-c" in argv else "-d") + 1]
+        if "-c" in argv:
+            self.internal.setdefault(path, set()).add(name)
+        else:
+            self.internal.get(path, set()).discard(name)
+        return RecordingRunner.result()
 
     def _lvs(self, path: str) -> Completed | BaseException:
         lv = path.rsplit("/", 1)[-1]
@@ -68,6 +89,8 @@ class FakeDom0:
 
     def answer(self, call: Call) -> Completed | BaseException:
         argv = call.argv
+        if argv[0] == "qemu-img":
+            return self._qemu_img(argv)
         if argv[0] == "lvm":
             if argv[1] == "lvs":
                 return self._lvs(argv[-1])
@@ -99,6 +122,16 @@ class FakeDom0:
                                      "not suspend, timed out\n")
             Path(rest[-1]).write_bytes(b"Xen saved domain, xl format\n \0 \r" + b"\0" * 96)
             self.flags = "--p---"
+            if "-p" not in rest and "-c" not in rest:  # plain save: the domain stops
+                self.domid = None
+            return RecordingRunner.result()
+        if verb == "restore":
+            if self.restore_failures:
+                self.restore_failures -= 1
+                return CommandFailed(argv, 1, "libxl: error: libxl_create.c:1960:"
+                                     "domcreate_rebuild_done: cannot (re-)build domain: -3\n")
+            self.domid, self.flags = 7, "-b----"
+            self.restored_with.append(Path(rest[-2]).read_text())
             return RecordingRunner.result()
         if verb == "pause":
             self.flags = "--p---"
@@ -235,3 +268,52 @@ def test_guest_that_does_not_suspend_is_left_running(tmp_path: Path) -> None:
     assert err.value.returncode == 1 and "timed out" in err.value.stderr
     assert _seen(dom0)[-1] == ["xl", "unpause", "3"]  # libxl left it paused: resumed
     assert not mem.exists() and dom0.snapshots == set()
+
+
+QDISK = {"pdev_path": "/img/a.qcow2", "vdev": "xvda", "backend": "qdisk", "format": "qcow2",
+         "readwrite": 1}
+
+
+def _save_restore_op(drv: XlDriver) -> DiskOp:
+    op = DiskOp(vdev="xvda", path="/img/a.qcow2", format="qcow2", type="internal",
+                backend="qdisk")
+    [strategy] = drv.disk_strategies(UUID, [op], active=True)  # no QMP socket: fallback
+    assert strategy == "save-restore"
+    return DiskOp(**{**op.__dict__, "strategy": strategy})
+
+
+def test_save_restore_window_takes_the_disks_while_the_domain_is_down(tmp_path: Path) -> None:
+    dom0 = FakeDom0([QDISK])
+    drv = _driver(tmp_path, dom0)
+    drv.list_domains()
+    op = _save_restore_op(drv)
+    dom0.runner.calls.clear()
+    res = drv.capture(UUID, name="w1", memory_file=None, disks=[op], progress=lambda s, m: None)
+    scratch = str(tmp_path / "state" / "xl" / "scratch" / f"{UUID}.save")
+    cfg = str(tmp_path / "state" / "xl" / f"{UUID}.cfg")
+    assert [a for a in _seen(dom0) if a[0] == "xl"] == [
+        ["xl", "save", "3", scratch], ["xl", "restore", cfg, scratch]]
+    assert dom0.internal["/img/a.qcow2"] == {"w1"}
+    assert res.domain_state == "running" and res.pause_ms is not None
+    assert not Path(scratch).exists()  # the scratch save goes once the domain runs again
+    assert drv.domain_info(UUID).domid == 7
+
+
+def test_failed_restore_undoes_the_disks_and_restores_the_old_config(tmp_path: Path) -> None:
+    dom0 = FakeDom0([QDISK])
+    drv = _driver(tmp_path, dom0)
+    drv.list_domains()
+    op = _save_restore_op(drv)
+    overlay = tmp_path / "a.w2.qcow2"
+    op = DiskOp(**{**op.__dict__, "type": "external", "target": str(overlay)})
+    dom0.restore_failures = 1
+    with pytest.raises(CommandFailed, match="cannot"):
+        drv.capture(UUID, name="w2", memory_file=None, disks=[op], progress=lambda s, m: None)
+    assert [a[1] for a in dom0.runner.argvs if a[0] == "xl" and a[1] != "list"] == [
+        "save", "restore", "restore"]
+    # the second restore ran on the old image, not on the overlay made for the snapshot
+    assert "/img/a.qcow2" in dom0.restored_with[-1]
+    assert "a.w2.qcow2" not in dom0.restored_with[-1]
+    assert dom0.created and not overlay.exists()  # the overlay made for it is gone
+    assert drv.domain_info(UUID).state == "running"
+    assert drv.domain_config(UUID).disks[0].target == "/img/a.qcow2"

@@ -263,11 +263,6 @@ class XlDriver(Driver):
         result = LiveResult(domain_state=state)
         t0 = time.monotonic()
         if memory_file is not None:
-            if not was_running:
-                # A paused guest cannot answer the suspend request (libxl would wait out
-                # its timeout): let it run just until it has suspended; `-p` keeps it
-                # paused after the save.
-                self._xl("unpause", str(domid), timeout=60)
             self._save(uuid, domid, memory_file, ["-p"], was_running, progress)
             result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
             result.memory_bytes = memory_file.stat().st_size
@@ -291,6 +286,11 @@ class XlDriver(Driver):
         """``xl save``: the guest suspends, its RAM goes to ``file`` (0600)."""
         _touch_private(file)
         progress("memory", "xl save: suspending the guest and writing its memory")
+        if not was_running:
+            # A paused guest cannot answer the suspend request (libxl would wait out its
+            # timeout): it runs just until it has suspended; after the save it is paused
+            # (-p) or restored paused.
+            self._xl("unpause", str(domid), timeout=60)
         try:
             self._xl("save", *flags, str(domid), str(file))
         except CommandFailed as exc:
@@ -352,25 +352,45 @@ class XlDriver(Driver):
     # ------------------------------------------------------------ save/restore window
 
     def _window(self, uuid: str, domid: int, *, keep: Path | None, was_running: bool,
-                work: Callable[[], DomainConfig], progress: Progress) -> None:
+                work: Callable[[], DomainConfig], progress: Progress,
+                undo: Callable[[], None] | None = None) -> None:
         """Stop the domain with ``xl save``, run ``work`` (offline disk work; it returns
-        the config to restore with), then ``xl restore``. On failure the domain is
-        restored on its old config. ``keep``: the memory file to save into and keep."""
+        the config to restore with), then ``xl restore``. If ``work`` or that restore
+        fails, ``undo`` runs and the domain is restored on its old config. ``keep``: the
+        memory file to save into and keep; otherwise a scratch file, removed once the
+        domain runs again (never before: it is then the only copy of the guest)."""
         file = keep or self.scratch / f"{uuid}.save"
         if keep is None:
             file.unlink(missing_ok=True)
         old = self.registry.get(uuid).config
         self._save(uuid, domid, file, [], was_running, progress)
+        restored = False
+
+        def back_to_old() -> None:
+            nonlocal restored
+            try:
+                self.start(uuid, old, paused=not was_running, memory_file=file)
+                restored = True
+            except DomsnapError as exc:
+                log.error("domain %s could not be restored from %s: %s", uuid, file, exc)
+
         try:
             try:
-                config = work()
+                config = work()  # undoes its own partial work when it fails
             except BaseException:
-                self.start(uuid, old, paused=not was_running, memory_file=file)
+                back_to_old()
                 raise
             progress("restore", "xl restore on the new images")
-            self.start(uuid, config, paused=not was_running, memory_file=file)
+            try:
+                self.start(uuid, config, paused=not was_running, memory_file=file)
+                restored = True
+            except BaseException:
+                if undo is not None:
+                    self._quietly(undo)
+                back_to_old()
+                raise
         finally:
-            if keep is None:
+            if keep is None and restored:
                 file.unlink(missing_ok=True)
 
     def _capture_save_restore(self, uuid: str, domid: int, *, name: str,
@@ -388,12 +408,16 @@ class XlDriver(Driver):
                              {op.path: op.target for op in disks
                               if op.type == "external" and op.strategy != "lvm" and op.target})
 
+        def undo() -> None:
+            for op in disks:
+                self._quietly(undo_offline, self.img, self.lvm, op, name)
+
         try:
             self._window(uuid, domid, keep=memory_file, was_running=was_running, work=work,
-                         progress=progress)
+                         progress=progress, undo=undo)
         except BaseException:
-            if memory_file is not None:
-                memory_file.unlink(missing_ok=True)
+            if memory_file is not None and self._lookup(uuid) is not None:
+                memory_file.unlink(missing_ok=True)  # the domain runs again without it
             raise
         if memory_file is not None:
             result.memory_bytes = memory_file.stat().st_size
