@@ -31,15 +31,14 @@ class Host:
         return self.settings.host
 
 
-def make_driver(settings: Settings, runner: Runner) -> Driver:
+def make_driver(settings: Settings, runner: Runner, *, img: QemuImg, lvm: Lvm) -> Driver:
     if settings.driver == "xl":
         from workers.drivers.xl import XlDriver
 
         if shutil.which(settings.xl_binary) is None:
             raise InvalidInput(f"driver 'xl' needs {settings.xl_binary!r} on PATH",
                                field="driver")
-        return XlDriver(settings.state_dir, runner, img=make_img(settings, runner),
-                        lvm=make_lvm(settings, runner), binary=settings.xl_binary,
+        return XlDriver(settings.state_dir, runner, img=img, lvm=lvm, binary=settings.xl_binary,
                         xen_run_dir=settings.xen_run_dir, timeout=settings.command_timeout_s)
     if settings.driver == "qemu":
         from workers.drivers.qemu import QemuDriver
@@ -52,24 +51,18 @@ def make_driver(settings: Settings, runner: Runner) -> Driver:
                        field="driver")
 
 
-def make_img(settings: Settings, runner: Runner) -> QemuImg:
-    return QemuImg(runner, binary=settings.qemu_img, timeout=settings.command_timeout_s)
-
-
-def make_lvm(settings: Settings, runner: Runner) -> Lvm:
-    return Lvm(runner, timeout=settings.command_timeout_s, binary=settings.lvm_binary,
-               snapshot_size=settings.lvm_snapshot_size)
-
-
 def build_host(settings: Settings) -> Host:
     runner = SubprocessRunner()
+    img = QemuImg(runner, binary=settings.qemu_img, timeout=settings.command_timeout_s)
+    lvm = Lvm(runner, timeout=settings.command_timeout_s, binary=settings.lvm_binary,
+              snapshot_size=settings.lvm_snapshot_size)
     return Host(
         settings=settings,
         store=Store.from_url(settings.redis_url, prefix=settings.key_prefix,
                              job_ttl_s=settings.job_ttl_s),
-        driver=make_driver(settings, runner),
-        img=make_img(settings, runner),
-        lvm=make_lvm(settings, runner),
+        driver=make_driver(settings, runner, img=img, lvm=lvm),
+        img=img,
+        lvm=lvm,
         files=HostFiles(settings.state_dir, settings.snapshots),
         runner=runner,
     )
