@@ -19,14 +19,20 @@ from workers.drivers.base import DiskOp
 _PROTOCOL_DRIVERS = {"file", "host_device", "host_cdrom", "nbd", "iscsi", "rbd"}
 
 
+def format_nodes_for(nodes: Iterable[dict[str, Any]], path: str) -> list[str]:
+    """The names of every format node (qcow2/raw) whose image is ``path``."""
+    want = os.path.realpath(path)
+    return [str(node["node-name"]) for node in nodes
+            if node.get("drv") not in _PROTOCOL_DRIVERS and node.get("node-name")
+            and os.path.realpath(str(node.get("file", ""))) == want]
+
+
 def format_node_for(nodes: Iterable[dict[str, Any]], path: str) -> str:
     """The node name of the format node (qcow2/raw) whose image is ``path``."""
-    want = os.path.realpath(path)
-    for node in nodes:
-        if node.get("drv") in _PROTOCOL_DRIVERS:
-            continue
-        if os.path.realpath(str(node.get("file", ""))) == want and node.get("node-name"):
-            return str(node["node-name"])
+    nodes = list(nodes)
+    found = format_nodes_for(nodes, path)
+    if found:
+        return found[0]
     raise QMPError(f"no block node has the image {path}", sent="query-named-block-nodes",
                    received=[(n.get("node-name"), n.get("drv"), n.get("file")) for n in nodes])
 

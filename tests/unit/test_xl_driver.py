@@ -10,6 +10,8 @@ device); here no command runs: RecordingRunner answers as xl and lvm would
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +243,33 @@ def test_blkback_disk_that_is_not_lvm_is_refused_by_name(tmp_path: Path) -> None
         drv.disk_strategies(UUID, [internal], active=True)
 
 
+def _serve_qmp(path: Path, nodes: list[dict[str, Any]]) -> threading.Thread:
+    """A device model's QMP socket answering query-named-block-nodes (one session)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, conn.makefile("rw") as fh:
+            fh.write(json.dumps({"QMP": {"version": {}, "capabilities": []}}) + "\n")
+            fh.flush()
+            for line in fh:
+                cmd = json.loads(line)["execute"]
+                answer = nodes if cmd == "query-named-block-nodes" else {}
+                fh.write(json.dumps({"return": answer}) + "\n")
+                fh.flush()
+        srv.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def _node(name: str, drv: str, file: str) -> dict[str, Any]:
+    return {"node-name": name, "drv": drv, "file": file}
+
+
 def test_qdisk_strategies_follow_the_device_model_socket(tmp_path: Path) -> None:
     qdisk = {"pdev_path": "/img/a.qcow2", "vdev": "xvda", "backend": "qdisk",
              "format": "qcow2", "readwrite": 1}
@@ -252,8 +281,34 @@ def test_qdisk_strategies_follow_the_device_model_socket(tmp_path: Path) -> None
     assert drv.disk_strategies(UUID, [op], active=False) == ["qemu-img"]
     assert drv.disk_strategies(UUID, [op], active=True) == ["save-restore"]  # no socket
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "qmp-libxl-3").touch()
+    sock = tmp_path / "run" / "qmp-libxl-3"
+    # captured shape: Xen's node for the image, over an automatic protocol node
+    t = _serve_qmp(sock, [_node("xvda-qcow2", "qcow2", "/img/a.qcow2"),
+                          _node("#block061", "file", "/img/a.qcow2")])
     assert drv.disk_strategies(UUID, [op], active=True) == ["qmp"]
+    t.join(5)
+    sock.unlink()
+    t = _serve_qmp(sock, [_node("xvdb-qcow2", "qcow2", "/img/other.qcow2")])
+    assert drv.disk_strategies(UUID, [op], active=True) == ["save-restore"]  # not served
+    t.join(5)
+
+
+def test_image_open_twice_in_the_device_model_is_refused(tmp_path: Path) -> None:
+    """An HVM domain's emulated IDE drive beside its PV disk, on one image."""
+    dom0 = FakeDom0([{"pdev_path": "/img/h.qcow2", "vdev": "hda", "backend": "qdisk",
+                      "format": "qcow2", "readwrite": 1}])
+    drv = _driver(tmp_path, dom0)
+    drv.list_domains()
+    (tmp_path / "run").mkdir()
+    t = _serve_qmp(tmp_path / "run" / "qmp-libxl-3", [
+        _node("ide0-hd0", "qcow2", "/img/h.qcow2"), _node("#block1", "file", "/img/h.qcow2"),
+        _node("hda-qcow2", "qcow2", "/img/h.qcow2"), _node("#block2", "file", "/img/h.qcow2")])
+    op = DiskOp(vdev="hda", path="/img/h.qcow2", format="qcow2", type="internal",
+                backend="qdisk")
+    with pytest.raises(Refused, match=r"hda: /img/h.qcow2 is open in 2 block nodes"):
+        drv.disk_strategies(UUID, [op], active=True)
+    t.join(5)
+    assert [a[1] for a in dom0.runner.argvs if a[0] == "xl"] == ["list", "list", "list", "list"]
 
 
 def test_guest_that_does_not_suspend_is_left_running(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from domsnap.errors import CommandFailed, DomsnapError, Refused, UnknownDomain
 from schemas.config import DomainConfig
 from schemas.models import DiskInfo, DomainInfo
 from workers import qmpblock
-from workers.blocknodes import snapshot_actions
+from workers.blocknodes import format_nodes_for, snapshot_actions
 from workers.diskops import take_offline, undo_offline
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
 from workers.drivers.xlregistry import Entry, Registry
@@ -248,7 +248,30 @@ class XlDriver(Driver):
                 out.append("qmp")
             else:
                 out.append("save-restore")
+        if domid is not None and "qmp" in out:
+            out = self._check_served(domid, ops, out)
         return out
+
+    def _check_served(self, domid: int, ops: list[DiskOp], out: list[str]) -> list[str]:
+        """Ask the device model (one short QMP session) which images it serves: a disk
+        it does not serve is taken offline in a save/restore window; an image open in
+        two nodes (an HVM domain's emulated drive beside its PV one) is refused, since
+        a snapshot through one node would corrupt what the other caches."""
+        with self._qmp(domid) as q:
+            nodes = q.execute("query-named-block-nodes")
+        checked = []
+        for op, strategy in zip(ops, out, strict=True):
+            if strategy == "qmp":
+                found = format_nodes_for(nodes, op.path)
+                if len(found) > 1:
+                    raise Refused(
+                        f"disk {op.vdev}: {op.path} is open in {len(found)} block nodes of the "
+                        f"device model ({', '.join(found)}), e.g. an HVM domain's emulated drive "
+                        "beside its PV one: not supported (shut the domain off, or snapshot "
+                        "after the guest's PV drivers unplugged the emulated one)")
+                strategy = "qmp" if found else "save-restore"
+            checked.append(strategy)
+        return checked
 
     # ------------------------------------------------------------ create
 
