@@ -19,6 +19,7 @@ import tempfile
 import uuid as uuidlib
 from pathlib import Path
 
+from bench.report import write_section
 from tests.integration.cluster import Cluster, succeeded
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,10 +71,6 @@ def report(res: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> 
     med = {k: {m: statistics.median(v) for m, v in r.items()} for k, r in res.items()}
     ratio_save = med["baseline"]["save"] / med["domsnap"]["save"]
     lines = [
-        "# Benchmarks",
-        "",
-        "## Memory save and pause window of a live snapshot (qemu driver)",
-        "",
         f"Measured {dt.date.today().isoformat()} with `python -m bench.memory_save "
         f"--runs {args.runs}`: a {args.memory} MiB Linux guest (busybox, idle but for a "
         "counter) with two qcow2 disks, one snapshot (memory + both disks, internal) at a "
@@ -91,8 +88,9 @@ def report(res: dict[str, dict[str, list[float]]], args: argparse.Namespace) -> 
     lines += ["", f"Memory save: **{ratio_save:.1f}x** faster than the baseline. The pause "
               "(STOP to RESUME: disks in one transaction, switchover, cont) is "
               f"{med['domsnap']['pause']:.1f} ms against {med['baseline']['pause']:.1f} ms.",
-              ""]
-    Path(args.out).write_text("\n".join(lines))
+              ]
+    write_section(Path(args.out), "Memory save and pause window of a live snapshot "
+                  "(qemu driver)", lines)
     print("\n".join(lines))
 
 
