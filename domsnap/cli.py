@@ -233,17 +233,20 @@ def job(wait_: bool, as_json: bool, job_id: str) -> None:
 @main.command("hosts")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def hosts(as_json: bool) -> None:
-    """Hosts that ever published an inventory, with liveness."""
+    """Hosts that ever published an inventory: liveness, driver, number of domains."""
     store = _client().store
-    rows = [{"host": h, "alive": store.host_alive(h),
-             "domains": len(inv.domains) if (inv := store.inventory(h)) else 0}
-            for h in store.hosts()]
+    rows = []
+    for h in store.hosts():
+        inv = store.inventory(h)
+        rows.append({"host": h, "alive": store.host_alive(h),
+                     "driver": inv.driver if inv else None,
+                     "domains": len(inv.domains) if inv else 0})
     if as_json:
         click.echo(_dumps(rows))
         return
     for row in rows:
         click.echo(f"{row['host']:<30} {'alive' if row['alive'] else 'DOWN':<6} "
-                   f"{row['domains']} domain(s)")
+                   f"{row['driver'] or '-':<5} {row['domains']} domain(s)")
 
 
 # ---------------------------------------------------------------- worker

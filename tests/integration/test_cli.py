@@ -9,12 +9,13 @@ import re
 import pytest
 
 from tests.integration.cluster import Cluster, run_cli
+from tests.integration.diskdata import qmp
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 COMMANDS = ["snapshot-create", "snapshot-list", "snapshot-revert", "snapshot-delete", "job",
             "hosts", "worker", "domain-create", "domain-start", "domain-list",
-            "domain-destroy", "domain-pause", "domain-unpause"]
+            "domain-destroy", "domain-pause", "domain-unpause", "domain-config"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -78,3 +79,33 @@ def test_errors_are_one_line_with_exit_codes(cluster: Cluster, h1: str) -> None:
         assert proc.returncode == code, (args, proc.returncode, proc.stderr)
         assert text in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_dom0_operator_commands(cluster: Cluster, x1: str) -> None:
+    """On a dom0 xl creates domains; domsnap lists what xl runs, prints the config it
+    keeps (naming the images after a snapshot), and refuses what only its own
+    toolstack has."""
+    dom = cluster.create_domain(x1, "cli-dom0", guest=False)
+    cluster.wait_inventory(dom)
+    listed = json.loads(dom.host.cli("domain-list", "--json", check=True).stdout)
+    mine = next(d for d in listed if d["uuid"] == dom.uuid)
+    assert mine["state"] == "running" and mine["domid"] is not None
+    assert [d["backend"] for d in mine["disks"]] == ["qdisk", "qdisk"]
+    hosts = json.loads(dom.host.cli("hosts", "--json", check=True).stdout)
+    assert any(h["host"] == x1 and h["driver"] == "xl" for h in hosts)
+    dom.host.cli("snapshot-create", "--type", "external", "-n", "e1", dom.name, check=True)
+    cfg = dom.host.cli("domain-config", dom.name, check=True).stdout
+    for vdev in dom.vdevs[:2]:
+        assert f"target={dom.active(vdev)}" in cfg
+        assert dom.active(vdev).endswith(f"/e1.{vdev}.qcow2")
+    proc = dom.host.cli("domain-create", str(dom.host.root / "cli-dom0-xl.cfg"))
+    assert proc.returncode == 2 and "qemu driver" in proc.stderr
+    dom.host.cli("domain-pause", dom.name, check=True)
+    assert dom.state() == "paused"
+    dom.host.cli("domain-unpause", dom.name, check=True)
+    dom.host.cli("domain-destroy", dom.name, check=True)
+    assert dom.state() == "shutoff"
+    dom.host.cli("domain-start", dom.name, check=True)  # from the config domsnap keeps
+    assert dom.state() == "running"
+    files = {n["file"] for n in qmp(dom, "query-named-block-nodes")}
+    assert dom.active(dom.vdevs[0]) in files  # it runs on the overlay, not the old image

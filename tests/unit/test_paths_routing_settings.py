@@ -223,3 +223,23 @@ def test_get_settings_is_cached_until_reset(env: pytest.MonkeyPatch) -> None:
         assert get_settings().host == "second"
     finally:
         reset_settings()
+
+
+def test_driver_is_xl_where_xl_is_on_path(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A dom0 is recognised by its xl binary; files then go where the libxl snapshot
+    RFC put them, unless configured."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    xl = bindir / "xl"
+    xl.write_text("#!/bin/sh\nexit 0\n")
+    xl.chmod(0o755)
+    env.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    s = Settings()
+    assert s.driver == "xl"
+    assert s.snapshots == Path("/var/lib/xen/snapshots")
+    assert s.xen_run_dir == Path("/var/run/xen")
+    env.setenv("DOMSNAP_DRIVER", "qemu")  # an explicit choice wins
+    assert Settings().driver == "qemu"
+    env.delenv("DOMSNAP_DRIVER")
+    env.setenv("DOMSNAP_XL_BINARY", "no-such-xl")
+    assert Settings().driver == "qemu"
