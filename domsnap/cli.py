@@ -393,7 +393,7 @@ def domain_config(as_json: bool, domain: str) -> None:
     """Print the config domsnap keeps for a domain, as xl.cfg: after external
     snapshots and reverts it names the images the domain must run on (start a domain
     by hand from this, never from an older file)."""
-    from domsnap.xlcfg import format_domain_config
+    from domsnap.xlcfg_write import format_domain_config
 
     host = _local()
     cfg = host.driver.domain_config(host.driver.find(domain))

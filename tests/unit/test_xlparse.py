@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from domsnap.errors import BackendError, InvalidInput
-from domsnap.xlcfg import format_domain_config, parse_domain_config
+from domsnap.xlcfg import parse_domain_config
+from domsnap.xlcfg_write import format_domain_config
 from schemas.config import DiskSpec, DomainConfig
 from workers.xlparse import (
     XlDisk,

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from domsnap.errors import UnknownDomain
-from domsnap.xlcfg import format_domain_config
+from domsnap.xlcfg_write import format_domain_config
 from schemas.config import DomainConfig
 from workers.fsutil import atomic_write
 
