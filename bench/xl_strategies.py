@@ -26,9 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.report import write_section
-from tests.integration.cluster import STANDIN_DIR
+from tests.integration.cluster import STANDIN_DIR, standin_env
 from tests.vm.guest import ensure_guest, wait_for_tick
-from workers.accel import accelerators
 from workers.drivers.base import DiskOp
 from workers.drivers.xl import XlDriver
 from workers.lvm import Lvm
@@ -128,9 +127,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dsb", dir="/tmp"))  # short: unix socket paths
     (root / "run").mkdir()
-    os.environ.update({"XL_STANDIN_ROOT": str(root / "xen"),
-                       "XL_STANDIN_RUN_DIR": str(root / "run"),
-                       "XL_STANDIN_ACCEL": ",".join(accelerators(None))})
+    os.environ.update(standin_env(root / "xen", root / "run", suspend_timeout=60))
     try:
         res = run(root, args.runs, args.memory)
     finally:

@@ -42,6 +42,16 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 300,
 STANDIN_DIR = REPO / "tests" / "xlstandin"
 
 
+def standin_env(xen: Path, run: Path, *, suspend_timeout: float = 2) -> dict[str, str]:
+    """What the stand-in xl reads: its state dir, the dir playing /var/run/xen, QEMU's
+    accelerators, and how long a guest that does not suspend is waited for."""
+    from workers.accel import accelerators
+
+    return {"XL_STANDIN_ROOT": str(xen), "XL_STANDIN_RUN_DIR": str(run),
+            "XL_STANDIN_ACCEL": ",".join(accelerators(None)),
+            "XL_STANDIN_SUSPEND_TIMEOUT": f"{suspend_timeout:g}"}
+
+
 @dataclass
 class HostHandle:
     """One host of the fleet. ``driver`` is its hypervisor: ``qemu`` (domsnap is the
@@ -242,16 +252,11 @@ class Cluster:
         if name not in self.hosts:
             root = self.base / name
             if driver == "xl":
-                from workers.accel import accelerators
-
                 extra = {"DOMSNAP_DRIVER": "xl",
                          "PATH": f"{STANDIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                          "DOMSNAP_XEN_RUN_DIR": str(root / "run"),
                          "DOMSNAP_SNAPSHOT_DIR": str(root / "state" / "snapshots"),
-                         "XL_STANDIN_ROOT": str(root / "xen"),
-                         "XL_STANDIN_RUN_DIR": str(root / "run"),
-                         "XL_STANDIN_ACCEL": ",".join(accelerators(None)),
-                         "XL_STANDIN_SUSPEND_TIMEOUT": "2", **extra}
+                         **standin_env(root / "xen", root / "run"), **extra}
             h = HostHandle(name=name, root=root, env=self.env_for(name, **extra), driver=driver)
             h.images.mkdir(parents=True, exist_ok=True)
             h.xen_run.mkdir(parents=True, exist_ok=True)

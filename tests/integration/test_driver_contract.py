@@ -23,8 +23,7 @@ import pytest
 from domsnap.errors import UnknownDomain
 from domsnap.xlcfg import load_domain_config
 from schemas.config import DomainConfig
-from tests.integration.cluster import STANDIN_DIR
-from workers.accel import accelerators
+from tests.integration.cluster import STANDIN_DIR, standin_env
 from workers.drivers.base import DiskOp, Driver
 from workers.drivers.qemu import QemuDriver
 from workers.drivers.xl import XlDriver
@@ -99,9 +98,7 @@ class XlToolstack(Toolstack):
         runner = SubprocessRunner()
         self.run = root / "run"
         self.run.mkdir()
-        self.env = {"XL_STANDIN_ROOT": str(root / "xen"), "XL_STANDIN_RUN_DIR": str(self.run),
-                    "XL_STANDIN_ACCEL": ",".join(accelerators(None)),
-                    "XL_STANDIN_SUSPEND_TIMEOUT": "2"}
+        self.env = standin_env(root / "xen", self.run)
         self.driver = XlDriver(root / "state", runner, img=QemuImg(runner), lvm=Lvm(runner),
                                binary=str(STANDIN_DIR / "xl"), xen_run_dir=self.run,
                                timeout=120)

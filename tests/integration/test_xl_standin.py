@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
+from tests.integration.cluster import standin_env
 from tests.vm.guest import count_boots, ensure_guest, read_ticks, wait_for_tick
 from tests.xlstandin.qmp import QMP
 from tests.xlstandin.saverestore import save_optdata
 from tests.xlstandin.xlcfg import CfgError, libxl_json, parse_disk, parse_xl_cfg, to_libxl
-from workers.accel import accelerators
 
 pytestmark = [pytest.mark.integration]
 
@@ -147,9 +147,7 @@ class Xen:
 def xen(tmp_path: Path) -> Iterator[Xen]:
     run = Path(tempfile.mkdtemp(prefix="xs", dir="/tmp"))  # unix sockets: < 108 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith("XL_STANDIN_")}
-    env.update({"XL_STANDIN_ROOT": str(tmp_path / "xen"), "XL_STANDIN_RUN_DIR": str(run),
-                "XL_STANDIN_ACCEL": ",".join(accelerators(None)),
-                "XL_STANDIN_SUSPEND_TIMEOUT": "1"})
+    env.update(standin_env(tmp_path / "xen", run, suspend_timeout=1))
     env.pop("PYTHONPATH", None)  # the script must find its repo by itself
     work = tmp_path / "work"
     work.mkdir()

@@ -170,8 +170,7 @@ class XlDriver(Driver):
         for dom in doms:
             try:
                 entry = self._sync(dom)
-            except (DomsnapError, ValueError) as exc:  # one odd domain must not hide the rest
-                del exc
+            except (DomsnapError, ValueError):  # one odd domain must not hide the rest
                 continue
             if entry is not None and dom.uuid is not None:
                 out[dom.uuid] = self._info(dom.uuid, entry.config,
@@ -182,16 +181,16 @@ class XlDriver(Driver):
         return sorted(out.values(), key=lambda i: i.name)
 
     def domain_info(self, uuid: str) -> DomainInfo:
-        if self.registry.find(uuid) is None:
+        entry = self.registry.find(uuid)
+        if entry is None:  # not seen yet: a full listing registers it if xl runs it
             for info in self.list_domains():
                 if info.uuid == uuid:
                     return info
             raise UnknownDomain(f"no domain {uuid} on this host", domain=uuid)
         found = self._lookup(uuid)
-        config = self.registry.get(uuid).config
         if found is None:
-            return self._info(uuid, config, "shutoff", None)
-        return self._info(uuid, config, found[1], found[0])
+            return self._info(uuid, entry.config, "shutoff", None)
+        return self._info(uuid, entry.config, found[1], found[0])
 
     def domain_config(self, uuid: str) -> DomainConfig:
         return self.registry.get(uuid).config
@@ -244,7 +243,7 @@ class XlDriver(Driver):
                 out.append("lvm")
             elif domid is None:
                 out.append("qemu-img")
-            elif op.backend in (None, "qdisk") and self.qmp_path(domid).exists():
+            elif op.backend in (None, "qdisk") and self._has_qmp(domid):
                 out.append("qmp")
             else:
                 out.append("save-restore")
