@@ -5,20 +5,26 @@ because QEMU and xl do not sync what they write."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
 def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` all or nothing (temp file, fsync, rename), in a
-    0700 directory."""
+    0700 directory. The temp file's name is unique, so writers in several processes
+    (a worker's heartbeat and its pools) never rename each other's file away."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def fsync_path(path: Path) -> None:

@@ -141,18 +141,19 @@ class XlDriver(Driver):
         reports, else take xl's (its owner re-created it from another config)."""
         if dom.uuid is None:
             return None
-        entry = self.registry.find(dom.uuid)
-        if entry is not None and entry.domid == dom.domid:
-            return entry  # xl may name images a live external snapshot replaced: ours wins
-        seen = {d.vdev: d.pdev_path for d in dom.disks}
-        if entry is not None and {d.vdev: d.target for d in entry.config.disks} == seen:
-            fresh = Entry(config=entry.config, domid=dom.domid)
-        else:
-            if entry is not None:
-                log.warning("domain %s (%s) was started from a config naming other images "
-                            "than domsnap's: taking xl's view", dom.name, dom.uuid)
-            fresh = Entry(config=domain_config_from_libxl(dom.config), domid=dom.domid)
-        self.registry.put(dom.uuid, fresh)
+        with self.registry.locked():
+            entry = self.registry.find(dom.uuid)
+            if entry is not None and entry.domid == dom.domid:
+                return entry  # xl may name images a live external snapshot replaced: ours wins
+            seen = {d.vdev: d.pdev_path for d in dom.disks}
+            if entry is not None and {d.vdev: d.target for d in entry.config.disks} == seen:
+                fresh = Entry(config=entry.config, domid=dom.domid)
+            else:
+                if entry is not None:
+                    log.warning("domain %s (%s) was started from a config naming other "
+                                "images than domsnap's: taking xl's view", dom.name, dom.uuid)
+                fresh = Entry(config=domain_config_from_libxl(dom.config), domid=dom.domid)
+            self.registry.put(dom.uuid, fresh)
         return fresh
 
     def _info(self, uuid: str, config: DomainConfig, state: str,
@@ -224,7 +225,8 @@ class XlDriver(Driver):
         else:
             self._xl("create", *flags, str(path), timeout=300)
         found = self._lookup(uuid)
-        self.registry.put(uuid, Entry(config=cfg, domid=found[0] if found else None))
+        with self.registry.locked():
+            self.registry.put(uuid, Entry(config=cfg, domid=found[0] if found else None))
 
     # ------------------------------------------------------------ strategies
 

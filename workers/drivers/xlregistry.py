@@ -15,7 +15,11 @@ view of that new instance is the truth and the entry is taken from it again.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -62,9 +66,23 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(self._path(uuid), json.dumps(entry.model_dump(mode="json"), indent=2))
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the registry's lock for a read-modify-write: the heartbeat (which
+        registers what xl shows) and the pools (which change configs) run in
+        different processes."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def set_config(self, uuid: str, config: DomainConfig) -> None:
-        old = self.find(uuid)
-        self.put(uuid, Entry(config=config, domid=old.domid if old else None))
+        with self.locked():
+            old = self.find(uuid)
+            self.put(uuid, Entry(config=config, domid=old.domid if old else None))
 
     def write_cfg(self, uuid: str, config: DomainConfig) -> Path:
         """The config as an xl.cfg file for ``xl create`` / ``xl restore`` (0600: it
