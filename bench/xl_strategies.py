@@ -28,11 +28,11 @@ from pathlib import Path
 from bench.report import write_section
 from tests.integration.cluster import STANDIN_DIR, standin_env
 from tests.vm.guest import ensure_guest, wait_for_tick
+from workers.block.lvm import Lvm
+from workers.block.qemu_img import QemuImg
 from workers.drivers.base import DiskOp
 from workers.drivers.xl import XlDriver
-from workers.lvm import Lvm
-from workers.qemu_img import QemuImg
-from workers.runner import SubprocessRunner
+from workers.hostio.runner import SubprocessRunner
 
 REPO = Path(__file__).resolve().parents[1]
 XL = str(STANDIN_DIR / "xl")

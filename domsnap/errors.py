@@ -186,7 +186,7 @@ class QMPError(BackendError):
 
 
 class XlParseError(BackendError):
-    """xl printed something the parsers (workers/xlparse.py) do not understand."""
+    """xl printed something the parsers (workers/drivers/xlparse.py) do not understand."""
 
     code = "xl_parse"
     reason: str = ""

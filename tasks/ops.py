@@ -15,9 +15,9 @@ from celery.utils.log import get_task_logger
 from domsnap.errors import DomsnapError
 from schemas.models import CreateRequest, DeleteRequest, RevertRequest
 from tasks.canvas import continuation
-from workers import create, delete, revert
-from workers.admit import admit, parse
 from workers.app import app
+from workers.engine import create, delete, revert
+from workers.engine.admit import admit, parse
 from workers.host import current_host
 from workers.routing import (
     TASK_CREATE,

@@ -1,1 +1,1 @@
-"""What runs on a host: drivers, disk backends, the QMP client, the subprocess runner."""
+"""What runs on a host, in rooms by concern: engine → drivers → block → hostio."""

@@ -9,11 +9,11 @@ from functools import lru_cache
 from domsnap.errors import InvalidInput
 from domsnap.settings import Settings, get_settings
 from domsnap.store import Store
+from workers.block.lvm import Lvm
+from workers.block.qemu_img import QemuImg
 from workers.drivers.base import Driver
-from workers.hostfiles import HostFiles
-from workers.lvm import Lvm
-from workers.qemu_img import QemuImg
-from workers.runner import Runner, SubprocessRunner
+from workers.hostio.hostfiles import HostFiles
+from workers.hostio.runner import Runner, SubprocessRunner
 
 
 @dataclass

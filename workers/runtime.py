@@ -23,8 +23,8 @@ from typing import Any
 from domsnap.errors import DomsnapError
 from domsnap.settings import Settings
 from schemas.models import HostInventory
+from workers.engine.recovery import reconcile, recover
 from workers.host import Host, build_host
-from workers.recovery import reconcile, recover
 from workers.routing import host_queue, inflight_queue
 
 log = logging.getLogger("domsnap.worker")

@@ -45,7 +45,7 @@ STANDIN_DIR = REPO / "tests" / "xlstandin"
 def standin_env(xen: Path, run: Path, *, suspend_timeout: float = 2) -> dict[str, str]:
     """What the stand-in xl reads: its state dir, the dir playing /var/run/xen, QEMU's
     accelerators, and how long a guest that does not suspend is waited for."""
-    from workers.accel import accelerators
+    from workers.drivers.accel import accelerators
 
     return {"XL_STANDIN_ROOT": str(xen), "XL_STANDIN_RUN_DIR": str(run),
             "XL_STANDIN_ACCEL": ",".join(accelerators(None)),
@@ -143,7 +143,7 @@ class Domain:
         if self.host.driver == "xl":
             return self.host.xen_run / f"qmp-libxl-{self._xen_file('domid')}"
         from workers.drivers.qemu import QemuDriver
-        from workers.runner import SubprocessRunner
+        from workers.hostio.runner import SubprocessRunner
 
         return QemuDriver(self.host.state_dir, SubprocessRunner()).qmp_path(self.uuid)
 
@@ -159,7 +159,7 @@ class Domain:
                 return None
             return int(text)
         from workers.drivers.qemu import QemuDriver
-        from workers.runner import SubprocessRunner
+        from workers.hostio.runner import SubprocessRunner
 
         return QemuDriver(self.host.state_dir, SubprocessRunner()).pid(self.uuid)
 
@@ -356,7 +356,7 @@ class Cluster:
             from domsnap.xlcfg import load_domain_config
             from schemas.config import DomainConfig  # noqa: F401
             from workers.drivers.qemu import QemuDriver
-            from workers.runner import SubprocessRunner
+            from workers.hostio.runner import SubprocessRunner
 
             QemuDriver(h.state_dir, SubprocessRunner()).define(load_domain_config(str(cfg)))
         dom = Domain(host=h, name=name, uuid=dom_uuid, disks=paths)

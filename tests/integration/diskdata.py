@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.cluster import Domain
-from workers.qmp import QMPClient
+from workers.block.qmp import QMPClient
 
 CHUNK = 64 * 1024  # every write and check covers one 64 KiB slot
 
@@ -183,7 +183,7 @@ def files_under(d: Path) -> set[str]:
 def qemu_pid(dom: Domain) -> int | None:
     """The domain's QEMU pid if that process is alive (asked of the qemu driver)."""
     from workers.drivers.qemu import QemuDriver
-    from workers.runner import SubprocessRunner
+    from workers.hostio.runner import SubprocessRunner
 
     return QemuDriver(dom.host.state_dir, SubprocessRunner()).pid(dom.uuid)
 

@@ -24,12 +24,12 @@ from domsnap.errors import UnknownDomain
 from domsnap.xlcfg import load_domain_config
 from schemas.config import DomainConfig
 from tests.integration.cluster import STANDIN_DIR, standin_env
+from workers.block.lvm import Lvm
+from workers.block.qemu_img import QemuImg
 from workers.drivers.base import DiskOp, Driver
 from workers.drivers.qemu import QemuDriver
 from workers.drivers.xl import XlDriver
-from workers.lvm import Lvm
-from workers.qemu_img import QemuImg
-from workers.runner import SubprocessRunner
+from workers.hostio.runner import SubprocessRunner
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 

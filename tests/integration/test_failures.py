@@ -20,7 +20,7 @@ from domsnap.errors import (
 )
 from tests.integration.cluster import Cluster, Domain
 from tests.integration.test_create import internal_snapshots
-from workers.qmp import QMPClient
+from workers.block.qmp import QMPClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 

@@ -15,7 +15,7 @@ import pytest
 from schemas.models import HostInventory
 from tests.integration.cluster import Cluster
 from workers.drivers.qemu import QemuDriver
-from workers.runner import SubprocessRunner
+from workers.hostio.runner import SubprocessRunner
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from domsnap.errors import CommandFailed, InvalidInput, Refused
-from workers.qemu_img import QemuImg
-from workers.runner import RecordingRunner, SubprocessRunner
+from workers.block.qemu_img import QemuImg
+from workers.hostio.runner import RecordingRunner, SubprocessRunner
 
 pytestmark = pytest.mark.integration
 

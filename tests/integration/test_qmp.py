@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from domsnap.errors import OperationTimeout, QMPError
-from workers.qemu_img import QemuImg
-from workers.qmp import QMPClient
-from workers.runner import SubprocessRunner
+from workers.block.qemu_img import QemuImg
+from workers.block.qmp import QMPClient
+from workers.hostio.runner import SubprocessRunner
 
 pytestmark = pytest.mark.integration
 

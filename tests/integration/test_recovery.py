@@ -16,10 +16,10 @@ from schemas.models import CreateRequest, JobRecord
 from tests.integration.cluster import Cluster
 from tests.integration.test_create import internal_snapshots
 from tests.integration.test_failures import qmp_status
-from workers import jobs
-from workers.create import plan_create
+from workers.block.qmp import QMPClient
+from workers.engine import jobs
+from workers.engine.create import plan_create
 from workers.host import build_host
-from workers.qmp import QMPClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 

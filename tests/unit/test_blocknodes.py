@@ -12,7 +12,7 @@ import pytest
 
 from domsnap.errors import QMPError
 from schemas.models import SNAPSHOT_NAME_RE
-from workers.blocknodes import format_node_for, overlay_node_name, snapshot_actions
+from workers.block.blocknodes import format_node_for, overlay_node_name, snapshot_actions
 from workers.drivers.base import DiskOp
 
 # NODES lines ([node-name, drv, file] of query-named-block-nodes), verbatim from the capture.

@@ -9,7 +9,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from workers.fsutil import atomic_write
+from workers.hostio.fsutil import atomic_write
 
 
 def test_concurrent_writers_of_one_file_never_fail(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from schemas.config import DomainConfig
 from schemas.models import SnapshotRecord
-from workers.hostfiles import HostFiles
+from workers.hostio.hostfiles import HostFiles
 
 U = "4d7dea0d-7a6f-43eb-b256-340075ce6ec9"
 U2 = "0b0f3b70-5a8e-4b8c-9d57-1e2f3a4b5c6d"

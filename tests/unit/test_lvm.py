@@ -16,9 +16,9 @@ from domsnap.errors import (
     SnapshotExists,
     UnknownSnapshot,
 )
-from workers import lvm as lvm_mod
-from workers.lvm import LogicalVolume, Lvm
-from workers.runner import Completed, RecordingRunner
+from workers.block import lvm as lvm_mod
+from workers.block.lvm import LogicalVolume, Lvm
+from workers.hostio.runner import Completed, RecordingRunner
 
 GIB = 1 << 30
 ORIGIN = LogicalVolume("vg0", "web-disk", "/dev/vg0/web-disk", 8 * GIB, None)

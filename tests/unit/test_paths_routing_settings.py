@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from domsnap.errors import InvalidInput
 from domsnap.settings import Settings, get_settings, reset_settings
 from workers import routing
-from workers.paths import confined
+from workers.hostio.paths import confined
 
 # ---------------------------------------------------------------- paths
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from domsnap.errors import CommandFailed
-from workers.runner import Call, Completed, RecordingRunner, Runner, SubprocessRunner
+from workers.hostio.runner import Call, Completed, RecordingRunner, Runner, SubprocessRunner
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from domsnap.errors import CommandFailed, Refused, UnknownDomain
+from workers.block.lvm import Lvm
+from workers.block.qemu_img import QemuImg
 from workers.drivers.base import DiskOp
 from workers.drivers.xl import XlDriver
-from workers.lvm import Lvm
-from workers.qemu_img import QemuImg
-from workers.runner import Call, Completed, RecordingRunner
+from workers.hostio.runner import Call, Completed, RecordingRunner
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "xl"
 UUID = "4d7dea0d-7a6f-43eb-b256-340075ce6ec9"

@@ -1,4 +1,4 @@
-"""Unit tests for workers.xlparse (``xl list``, ``xl list -l``, ``xl domid``, libxl
+"""Unit tests for workers.drivers.xlparse (``xl list``, ``xl list -l``, ``xl domid``, libxl
 config -> DomainConfig) against output captured from Xen 4.17.7 and hand-made libxl
 shapes (tests/fixtures/xl/README.md), and for domsnap.xlcfg.format_domain_config."""
 
@@ -14,7 +14,7 @@ from domsnap.errors import BackendError, InvalidInput
 from domsnap.xlcfg import parse_domain_config
 from domsnap.xlcfg_write import format_domain_config
 from schemas.config import DiskSpec, DomainConfig
-from workers.xlparse import (
+from workers.drivers.xlparse import (
     XlDisk,
     XlDomain,
     XlListRow,

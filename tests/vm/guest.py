@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workers.accel import accelerators, kvm_usable  # noqa: F401 (re-exported)
+from workers.drivers.accel import accelerators, kvm_usable  # noqa: F401 (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-guest.sh"
@@ -86,7 +86,7 @@ def require_tool(name: str, package: str) -> str:
 
 def accel_args() -> list[str]:
     """QEMU accelerator arguments, chosen as the qemu driver chooses them
-    (:func:`workers.accel.accelerators`); ``DOMSNAP_QEMU_ACCEL`` overrides."""
+    (:func:`workers.drivers.accel.accelerators`); ``DOMSNAP_QEMU_ACCEL`` overrides."""
     env = os.environ.get("DOMSNAP_QEMU_ACCEL")
     args: list[str] = []
     for a in accelerators([a.strip() for a in env.split(",") if a.strip()] if env else None):

@@ -29,13 +29,13 @@ from domsnap.errors import (
 from domsnap.settings import default_run_dir
 from schemas.config import DomainConfig
 from schemas.models import DiskInfo, DomainInfo
-from workers import qmpblock
-from workers.accel import accelerators
-from workers.blocknodes import snapshot_actions
+from workers.block import qmpblock
+from workers.block.blocknodes import snapshot_actions
+from workers.block.qmp import QMPClient
+from workers.drivers.accel import accelerators
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
-from workers.fsutil import fsync_path
-from workers.qmp import QMPClient
-from workers.runner import Runner
+from workers.hostio.fsutil import fsync_path
+from workers.hostio.runner import Runner
 
 MEM_FD = "domsnap-mem"
 

@@ -39,17 +39,17 @@ from typing import Any
 from domsnap.errors import CommandFailed, DomsnapError, Refused, UnknownDomain
 from schemas.config import DomainConfig
 from schemas.models import DiskInfo, DomainInfo
-from workers import qmpblock
-from workers.blocknodes import format_nodes_for, snapshot_actions
-from workers.diskops import take_offline, undo_offline
+from workers.block import qmpblock
+from workers.block.blocknodes import format_nodes_for, snapshot_actions
+from workers.block.lvm import Lvm
+from workers.block.qemu_img import QemuImg
+from workers.block.qmp import QMPClient
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
+from workers.drivers.xlparse import XlDomain, domain_config_from_libxl, parse_list, parse_list_long
 from workers.drivers.xlregistry import Entry, Registry
-from workers.fsutil import fsync_path
-from workers.lvm import Lvm
-from workers.qemu_img import QemuImg
-from workers.qmp import QMPClient
-from workers.runner import Runner
-from workers.xlparse import XlDomain, domain_config_from_libxl, parse_list, parse_list_long
+from workers.engine.diskops import take_offline, undo_offline
+from workers.hostio.fsutil import fsync_path
+from workers.hostio.runner import Runner
 
 log = logging.getLogger("domsnap.xl")
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from domsnap.errors import UnknownDomain
 from domsnap.xlcfg_write import format_domain_config
 from schemas.config import DomainConfig
-from workers.fsutil import atomic_write
+from workers.hostio.fsutil import atomic_write
 
 
 class Entry(BaseModel):

@@ -48,7 +48,7 @@ from domsnap.errors import (
     SnapshotExists,
     UnknownSnapshot,
 )
-from workers.runner import Runner
+from workers.hostio.runner import Runner
 
 __all__ = ["LogicalVolume", "Lvm"]
 

@@ -3,7 +3,7 @@ disks live in a QEMU (domsnap's own QEMU, Xen's device model).
 
 Callers own the connection: connect, call these, disconnect at once (a QMP
 socket serves one client; on Xen libxl needs it too). Nodes are found by image
-path (:mod:`workers.blocknodes`), never by guessing a name.
+path (:mod:`workers.block.blocknodes`), never by guessing a name.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from domsnap.errors import DomsnapError, OperationTimeout, QMPError
-from workers.blocknodes import format_node_for
+from workers.block.blocknodes import format_node_for
+from workers.block.qmp import QMPClient
 from workers.drivers.base import DiskOp
-from workers.qmp import QMPClient
 
 
 def transaction(q: QMPClient, actions: list[dict[str, Any]]) -> float:

@@ -18,9 +18,9 @@ from typing import Any
 from domsnap.errors import Refused
 from schemas.config import DomainConfig
 from schemas.models import DomainInfo, RevertRequest, SnapshotRecord
-from workers import jobs
+from workers.engine import jobs
+from workers.engine.recovery import guarded
 from workers.host import Host
-from workers.recovery import guarded
 
 
 def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, Any]:

@@ -18,12 +18,12 @@ from typing import Any
 from domsnap.errors import DomsnapError, InvalidInput, OperationFailed, Refused, SnapshotExists
 from schemas.config import DomainConfig
 from schemas.models import CreateRequest, DiskChoice, DiskSnapshot, DomainInfo, SnapshotRecord
-from workers import jobs
-from workers.diskops import take_offline, undo_offline
 from workers.drivers.base import DiskOp
+from workers.engine import jobs
+from workers.engine.diskops import take_offline, undo_offline
+from workers.engine.recovery import guarded
 from workers.host import Host
-from workers.paths import confined
-from workers.recovery import guarded
+from workers.hostio.paths import confined
 
 
 def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from typing import Any
 from domsnap.errors import DomsnapError, Refused
 from domsnap.validation import parse_model
 from schemas.models import CreateRequest, DeleteRequest, RevertRequest
-from workers import jobs
-from workers.create import plan_create
-from workers.delete import plan_delete
+from workers.engine import jobs
+from workers.engine.create import plan_create
+from workers.engine.delete import plan_delete
+from workers.engine.revert import plan_revert
 from workers.host import Host
-from workers.revert import plan_revert
 
 
 def parse(body: Any, model: type[jobs.AnyRequest]) -> jobs.AnyRequest:
@@ -31,7 +31,7 @@ def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:
     if job.state == "running":
         # Redelivered after admission: if the continuation may never have been sent
         # (the process died in between), send it again; a duplicate waits on the job's
-        # lock and then finds the step done (workers.recovery.guarded).
+        # lock and then finds the step done (workers.engine.recovery.guarded).
         entry = host.files.read_journal(req.job_id)
         return entry["plan"] if entry and entry.get("step") == "admitted" else None
     if job.state != "queued":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.models import SnapshotRecord
-from workers.fsutil import atomic_write as _atomic_write
+from workers.hostio.fsutil import atomic_write as _atomic_write
 
 
 class HostFiles:

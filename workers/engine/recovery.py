@@ -21,9 +21,9 @@ from typing import Any
 
 from domsnap.errors import DomsnapError, OperationFailed, UnknownSnapshot
 from schemas.models import CreateRequest, DeleteRequest, RevertRequest
-from workers import jobs
-from workers.diskops import undo_offline
 from workers.drivers.base import DiskOp
+from workers.engine import jobs
+from workers.engine.diskops import undo_offline
 from workers.host import Host
 
 log = logging.getLogger("domsnap.recovery")

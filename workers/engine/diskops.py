@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from domsnap.errors import Refused, SnapshotExists
+from workers.block.lvm import Lvm
+from workers.block.qemu_img import QemuImg
 from workers.drivers.base import DiskOp
-from workers.lvm import Lvm
-from workers.qemu_img import QemuImg
 
 
 def take_offline(img: QemuImg, lvm: Lvm, op: DiskOp, name: str) -> None:

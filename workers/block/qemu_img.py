@@ -27,7 +27,7 @@ import os
 from typing import Any
 
 from domsnap.errors import BackendError, CommandFailed, InvalidInput, Refused
-from workers.runner import Runner
+from workers.hostio.runner import Runner
 
 __all__ = ["QemuImg", "StrPath"]
 

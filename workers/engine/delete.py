@@ -17,9 +17,9 @@ from typing import Any
 from domsnap.errors import Refused
 from schemas.config import DomainConfig
 from schemas.models import DeleteRequest, DomainInfo, SnapshotRecord
-from workers import jobs
+from workers.engine import jobs
+from workers.engine.recovery import guarded
 from workers.host import Host
-from workers.recovery import guarded
 
 
 def _chain(host: Host, path: str | None) -> list[str]:

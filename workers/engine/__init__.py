@@ -1,0 +1,1 @@
+"""The operations: admission, create, revert, delete, recovery, job records, offline disk steps."""

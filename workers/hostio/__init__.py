@@ -1,0 +1,1 @@
+"""Host I/O: the subprocess runner, atomic files, sidecars and journals, path confinement."""
