@@ -11,8 +11,6 @@ PKGS=(qemu-system-x86 qemu-utils redis-server busybox-static linux-image-amd64 c
       kmod procps)
 # systemd-analyze checks the dom0 worker unit (scripts/systemd/)
 if ! command -v systemd-analyze >/dev/null 2>&1; then PKGS+=(systemd); fi
-# a compose CLI to validate docker-compose.yml (no engine needed for `config`)
-if ! docker compose version >/dev/null 2>&1; then PKGS+=(docker-compose); fi
 missing=()
 for p in "${PKGS[@]}"; do
     if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
@@ -66,6 +64,25 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     .venv/bin/pip install -q --upgrade pip >&2
     .venv/bin/pip install -q -e '.[test]' >&2
     touch "$stamp"
+fi
+
+# compose's JSON Schema, to validate docker-compose.yml without a compose CLI (see
+# tests/composecheck.py): the schema file out of the docker-compose wheel on PyPI, nothing else
+schema=.cache/compose/compose_spec.json
+if [[ ! -s $schema ]]; then
+    log "fetching compose's JSON Schema"
+    mkdir -p .cache/compose
+    tmp=$(mktemp -d)
+    .venv/bin/pip download -q --no-deps --only-binary=:all: -d "$tmp" docker-compose==1.29.2 >&2
+    .venv/bin/python - "$tmp"/docker_compose-1.29.2-*.whl "$schema" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as whl:
+    data = whl.read("compose/config/compose_spec.json")
+with open(sys.argv[2] + ".tmp", "wb") as out:
+    out.write(data)
+PY
+    mv "$schema.tmp" "$schema"
+    rm -rf "$tmp"
 fi
 
 # the test guest: a Debian kernel + busybox initramfs, built here, never committed
