@@ -15,6 +15,7 @@ caught, at exactly one boundary each::
      │    ├── DomainLocked            a mutating operation already runs on the domain
      │    └── SnapshotExists
      ├── Refused                      valid, but unsafe or unsupported here (never loses data)
+     │    └── InsufficientSpace       the files would not fit (checked before anything is written)
      ├── HostUnavailable              the owning host has no live worker
      ├── SchemaMismatch               a message or record of another schema version
      ├── BackendError                 a service domsnap depends on failed
@@ -120,6 +121,10 @@ class SnapshotExists(Conflict):
 class Refused(DomsnapError):
     code = "refused"
     exit_code = 5
+
+
+class InsufficientSpace(Refused):
+    code = "insufficient_space"
 
 
 class HostUnavailable(DomsnapError):

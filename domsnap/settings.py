@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # COW space of an LVM snapshot: a size ("10G") or extents ("100%ORIGIN": can never
     # fill up and be invalidated, at the price of the origin's size)
     lvm_snapshot_size: str = "100%ORIGIN"
+    # free space that must remain on a filesystem after a memory image or overlay is
+    # written there (checked before anything is written; overlays grow later)
+    space_reserve_mb: int = Field(default=256, ge=0)
 
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"

@@ -19,7 +19,7 @@ from domsnap.errors import DomsnapError, InvalidInput, OperationFailed, Refused,
 from schemas.config import DomainConfig
 from schemas.models import CreateRequest, DiskChoice, DiskSnapshot, DomainInfo, SnapshotRecord
 from workers.drivers.base import DiskOp
-from workers.engine import jobs
+from workers.engine import capacity, jobs
 from workers.engine.diskops import take_offline, undo_offline
 from workers.engine.recovery import guarded
 from workers.host import Host
@@ -95,9 +95,11 @@ def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, A
                                "use --disk-only", field="disk_only")
         memory = str(confined(req.memory_file or str(snapdir / f"{req.name}.save"), roots,
                               field="memory_file"))
-    return {"mode": "live" if active else "offline", "memory_file": memory,
+    plan = {"mode": "live" if active else "offline", "memory_file": memory,
             "domain_state": info.state, "config": config.model_dump(mode="json"),
             "disks": [d.__dict__ for d in disks]}
+    capacity.check_create(host.settings.space_reserve_mb, config.memory, plan)
+    return plan
 
 
 def _ops(plan: dict[str, Any]) -> list[DiskOp]:

@@ -18,7 +18,7 @@ from typing import Any
 from domsnap.errors import Refused
 from schemas.config import DomainConfig
 from schemas.models import DomainInfo, RevertRequest, SnapshotRecord
-from workers.engine import jobs
+from workers.engine import capacity, jobs
 from workers.engine.recovery import guarded
 from workers.host import Host
 
@@ -56,6 +56,7 @@ def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, A
             new_paths[disk.vdev] = str(overlay)
     if not rec.disk_only and (not rec.memory_file or not os.path.exists(rec.memory_file)):
         raise Refused(f"snapshot {rec.name}: its memory image {rec.memory_file} is missing")
+    capacity.check_revert(host.settings.space_reserve_mb, steps)
     config = _config_after(rec, current, new_paths)
     final: str
     if req.start is not None:

@@ -1,0 +1,84 @@
+"""Free space is checked before anything is written: a memory image or an overlay that
+would not fit is refused at planning with a clear error, and nothing changes (invariants
+2 and 5). Each filesystem is a real tmpfs of a known size, mounted under a snapshot root."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.models import DiskChoice
+from tests.integration.cluster import Cluster, Domain, listed_domain
+from tests.integration.test_failures import state_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
+
+
+@pytest.fixture
+def small_fs(cluster: Cluster, h1: str, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A tmpfs of ``request.param`` MiB under h1's snapshot root (DOMSNAP_SNAPSHOT_ROOTS)."""
+    mnt = cluster.hosts[h1].images / f"fs-{request.node.name[-40:].strip('[]')}"
+    mnt = mnt.with_name(mnt.name.replace("[", "-").replace("]", ""))
+    mnt.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}M,mode=0700",
+                    "domsnap-test", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+        mnt.rmdir()
+
+
+@pytest.fixture(scope="module")
+def dom(cluster: Cluster, h1: str) -> Domain:
+    return listed_domain(cluster, h1, "roomy")
+
+
+@pytest.mark.parametrize("small_fs", [64], indirect=True)
+def test_memory_image_that_does_not_fit_is_refused(cluster: Cluster, dom: Domain,
+                                                   small_fs: Path) -> None:
+    client = cluster.client()
+    before = state_of(cluster, dom)
+    job = client.wait(client.create(dom.name, name="big", memory_file=str(small_fs / "m.save")),
+                      timeout=120)
+    assert job.state == "failed"
+    assert job.error is not None and job.error.code == "insufficient_space", job.error
+    assert "not enough free space for memory image" in job.error.message
+    assert str(small_fs / "m.save") in job.error.message
+    assert list(small_fs.iterdir()) == []
+    assert state_of(cluster, dom) == before
+    assert dom.state() == "running"
+
+
+@pytest.mark.parametrize("small_fs", [8], indirect=True)
+def test_overlay_on_a_full_filesystem_is_refused(cluster: Cluster, dom: Domain,
+                                                 small_fs: Path) -> None:
+    client = cluster.client()
+    before = state_of(cluster, dom)
+    vdev = dom.vdevs[0]
+    target = small_fs / "o.qcow2"
+    job = client.wait(client.create(dom.name, name="ext", disk_only=True, type="external",
+                                    disks=[DiskChoice(vdev=vdev, target=str(target))]),
+                      timeout=120)
+    assert job.state == "failed"
+    assert job.error is not None and job.error.code == "insufficient_space", job.error
+    assert f"overlay of {vdev}" in job.error.message and "reserve" in job.error.message
+    assert list(small_fs.iterdir()) == []
+    assert state_of(cluster, dom) == before
+
+
+@pytest.mark.parametrize("small_fs", [512], indirect=True)
+def test_a_memory_image_that_fits_is_taken(cluster: Cluster, dom: Domain,
+                                           small_fs: Path) -> None:
+    """The check does not refuse what fits: 128 MiB × 1.25 + the 256 MiB reserve < 512."""
+    client = cluster.client()
+    job = client.wait(client.create(dom.name, name="fits", memory_file=str(small_fs / "m.save")),
+                      timeout=120)
+    assert job.state == "succeeded", job.error
+    assert (small_fs / "m.save").stat().st_size > 0
+    done = client.wait(client.delete(dom.name, "fits"), timeout=120)
+    assert done.state == "succeeded", done.error
+    assert list(small_fs.iterdir()) == []
