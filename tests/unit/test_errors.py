@@ -40,6 +40,8 @@ def samples() -> list[DomsnapError]:
         E.DomainLocked("domain u is busy: job j1", domain="u", job_id="j1"),
         E.SnapshotExists("snapshot 's1' already exists", name="s1"),
         E.Refused("raw images have no internal snapshots", disk="xvdb"),
+        E.InsufficientSpace("not enough free space for memory image /s/m.save (160 MiB)",
+                            path="/s/m.save", needed=436207616, free=1048576),
         E.HostUnavailable("host h1 has no live worker", host="h1"),
         E.SchemaMismatch("schema_version 2 is not supported"),
         E.BackendError("backend"),
@@ -99,7 +101,8 @@ def test_exit_codes() -> None:
     expected: dict[type[DomsnapError], int] = {
         DomsnapError: 1, InvalidInput: 2, ConfigFileError: 2, E.NotFound: 3,
         E.UnknownDomain: 3, E.UnknownSnapshot: 3, E.UnknownJob: 3, E.Conflict: 4,
-        E.DomainLocked: 4, E.SnapshotExists: 4, E.Refused: 5, E.HostUnavailable: 6,
+        E.DomainLocked: 4, E.SnapshotExists: 4, E.Refused: 5, E.InsufficientSpace: 5,
+        E.HostUnavailable: 6,
         E.SchemaMismatch: 7, E.BackendError: 8, CommandFailed: 8, QMPError: 8,
         E.StoreUnavailable: 8, E.XlParseError: 8, E.OperationTimeout: 9,
         E.OperationFailed: 10,
