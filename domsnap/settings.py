@@ -36,6 +36,11 @@ def _default_state_dir() -> Path:
     return Path("/var/lib/domsnap") if os.geteuid() == 0 else Path.home() / ".local/state/domsnap"
 
 
+# how long the Redis transport waits for an unacked message before redelivering it
+VISIBILITY_TIMEOUT_S = 4 * 3600
+TASK_KILL_GRACE_S = 300
+
+
 class Settings(BaseSettings):
     """Every knob of domsnap, read once per process."""
 
@@ -73,6 +78,11 @@ class Settings(BaseSettings):
     # free space that must remain on a filesystem after a memory image or overlay is
     # written there (checked before anything is written; overlays grow later)
     space_reserve_mb: int = Field(default=256, ge=0)
+    # a task still running after this many seconds gets SoftTimeLimitExceeded (its step
+    # rolls back and fails the job), and is killed TASK_KILL_GRACE_S later; both must stay
+    # below the broker's visibility timeout, or Redis would hand the message to a second
+    # worker while the first still runs it
+    task_time_limit_s: int = Field(default=3 * 3600, ge=10, le=VISIBILITY_TIMEOUT_S - 600)
 
     qemu_binary: str = "qemu-system-x86_64"
     qemu_img: str = "qemu-img"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from domsnap.settings import Settings, get_settings
+from domsnap.settings import TASK_KILL_GRACE_S, VISIBILITY_TIMEOUT_S, Settings, get_settings
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -22,7 +22,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_default_queue="domsnap.unrouted",
         result_expires=s.job_ttl_s,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 4 * 3600},
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        task_soft_time_limit=s.task_time_limit_s,
+        task_time_limit=s.task_time_limit_s + TASK_KILL_GRACE_S,
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

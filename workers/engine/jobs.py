@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from domsnap.errors import DomsnapError, OperationFailed
+from billiard.exceptions import SoftTimeLimitExceeded
+
+from domsnap.errors import DomsnapError, OperationFailed, OperationTimeout
 from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, RevertRequest
 from workers.host import Host
 
@@ -73,6 +75,10 @@ def succeed(host: Host, req: AnyRequest, result: dict[str, Any]) -> None:
 
 
 def fail(host: Host, req: AnyRequest, exc: BaseException) -> None:
+    if isinstance(exc, SoftTimeLimitExceeded):
+        exc = OperationTimeout(f"{req.op} of {req.name!r} ran past the task time limit "
+                               f"(DOMSNAP_TASK_TIME_LIMIT_S={host.settings.task_time_limit_s}); "
+                               "what it had done was rolled back", job_id=req.job_id)
     err = exc if isinstance(exc, DomsnapError) else OperationFailed(
         f"{type(exc).__name__}: {exc}")
     info = ErrorInfo(code=err.code, message=err.message, details=_jsonable(err.details))

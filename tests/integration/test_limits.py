@@ -1,6 +1,8 @@
-"""Free space is checked before anything is written: a memory image or an overlay that
-would not fit is refused at planning with a clear error, and nothing changes (invariants
-2 and 5). Each filesystem is a real tmpfs of a known size, mounted under a snapshot root."""
+"""Limits. Free space is checked before anything is written: a memory image or an
+overlay that would not fit is refused at planning with a clear error, and nothing
+changes (invariants 2 and 5); each filesystem is a real tmpfs of a known size, mounted
+under a snapshot root. A step that runs past the task time limit is rolled back and its
+job fails with a timeout, the domain left as it was."""
 
 from __future__ import annotations
 
@@ -82,3 +84,26 @@ def test_a_memory_image_that_fits_is_taken(cluster: Cluster, dom: Domain,
     done = client.wait(client.delete(dom.name, "fits"), timeout=120)
     assert done.state == "succeeded", done.error
     assert list(small_fs.iterdir()) == []
+
+
+def test_a_step_past_the_task_time_limit_is_rolled_back(cluster: Cluster) -> None:
+    """A dom0 whose guest never acknowledges the suspend: libxl would wait 40 s, the
+    task time limit (10 s) stops the capture first; the job fails as a timeout, the
+    guest keeps running, nothing is left behind, and the host takes the next job."""
+    h = cluster.start_worker(f"xt-{cluster.suffix}", driver="xl",
+                             DOMSNAP_TASK_TIME_LIMIT_S="10", XL_STANDIN_SUSPEND_TIMEOUT="40")
+    dom = listed_domain(cluster, h.name, "slowsus")
+    (dom.host.xen / "domains" / dom.uuid / "no-suspend").touch()
+    client = cluster.client()
+    before = state_of(cluster, dom)
+    job = client.wait(client.create(dom.name, name="late"), timeout=120)
+    assert job.state == "failed"
+    assert job.error is not None and job.error.code == "timeout", job.error
+    assert "DOMSNAP_TASK_TIME_LIMIT_S=10" in job.error.message
+    assert dom.state() == "running"
+    assert state_of(cluster, dom) == before
+    assert client.store.lock_owner(dom.uuid) is None
+    (dom.host.xen / "domains" / dom.uuid / "no-suspend").unlink()
+    job = client.wait(client.create(dom.name, name="ontime", disk_only=True), timeout=120)
+    assert job.state == "succeeded", job.error
+    cluster.stop_worker(h.name)
