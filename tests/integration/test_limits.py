@@ -7,6 +7,7 @@ job fails with a timeout, the domain left as it was."""
 from __future__ import annotations
 
 import subprocess
+import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from schemas.models import DiskChoice
 from tests.integration.cluster import Cluster, Domain, listed_domain
+from tests.integration.test_create import internal_snapshots
 from tests.integration.test_failures import state_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
@@ -21,12 +23,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 @pytest.fixture
 def small_fs(cluster: Cluster, h1: str, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A tmpfs of ``request.param`` MiB under h1's snapshot root (DOMSNAP_SNAPSHOT_ROOTS)."""
-    mnt = cluster.hosts[h1].images / f"fs-{request.node.name[-40:].strip('[]')}"
-    mnt = mnt.with_name(mnt.name.replace("[", "-").replace("]", ""))
+    """A tmpfs under h1's snapshot root (DOMSNAP_SNAPSHOT_ROOTS): ``request.param`` is its
+    size in MiB, or (size, inodes): a filesystem with bytes free but no room for a new
+    file, so a write fails with ENOSPC after every free-space check passed."""
+    size, inodes = request.param if isinstance(request.param, tuple) else (request.param, 0)
+    mnt = cluster.hosts[h1].images / f"fs-{uuidlib.uuid4().hex[:8]}"
     mnt.mkdir(mode=0o700)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}M,mode=0700",
-                    "domsnap-test", str(mnt)], check=True)
+    opts = f"size={size}M,mode=0700" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "domsnap-test", str(mnt)], check=True)
     try:
         yield mnt
     finally:
@@ -107,3 +111,61 @@ def test_a_step_past_the_task_time_limit_is_rolled_back(cluster: Cluster) -> Non
     job = client.wait(client.create(dom.name, name="ontime", disk_only=True), timeout=120)
     assert job.state == "succeeded", job.error
     cluster.stop_worker(h.name)
+
+
+@pytest.mark.parametrize("small_fs", [(512, 1)], indirect=True)
+@pytest.mark.parametrize("what", ["memory", "overlay"])
+def test_enospc_while_writing_rolls_back(cluster: Cluster, dom: Domain, small_fs: Path,
+                                         what: str) -> None:
+    """ENOSPC after the checks passed (the filesystem has bytes but no inode left): the
+    job fails naming the error, the guest runs, nothing is left and nothing changed."""
+    client = cluster.client()
+    before = state_of(cluster, dom)
+    if what == "memory":
+        jid = client.create(dom.name, name="nospc-m", memory_file=str(small_fs / "m.save"))
+    else:
+        jid = client.create(dom.name, name="nospc-o", disk_only=True, type="external",
+                            disks=[DiskChoice(vdev=dom.vdevs[0],
+                                              target=str(small_fs / "o.qcow2"))])
+    job = client.wait(jid, timeout=120)
+    assert job.state == "failed"
+    assert job.error is not None and "No space left on device" in job.error.message, job.error
+    assert list(small_fs.iterdir()) == []
+    assert state_of(cluster, dom) == before
+    assert dom.state() == "running"
+    assert client.store.lock_owner(dom.uuid) is None
+
+
+def test_enospc_on_the_sidecar_rolls_back_the_disks(cluster: Cluster, tmp_path: Path) -> None:
+    """The host's snapshot dir has room for the domain's directory and nothing more: the
+    disks were snapshotted, then the sidecar record cannot be written. The create rolls
+    back every internal snapshot it took, no record appears, the guest runs."""
+    snapdir = tmp_path / "snaps"
+    snapdir.mkdir(mode=0o700)
+    # inodes: the root, the domain's directory; no file fits
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M,mode=0700,nr_inodes=2",
+                    "domsnap-test", str(snapdir)], check=True)
+    name = f"nsc-{cluster.suffix}"
+    try:
+        h = cluster.start_worker(name, DOMSNAP_SNAPSHOT_DIR=str(snapdir),
+                                 DOMSNAP_SPACE_RESERVE_MB="0")
+        dom = listed_domain(cluster, h.name, "nosidecar")
+        client = cluster.client()
+        job = client.wait(client.create(dom.name, name="s1", disk_only=True), timeout=120)
+        assert job.state == "failed"
+        assert job.error is not None and "No space left on device" in job.error.message, \
+            job.error
+        steps = [e.step for e in client.store.events(job.job_id)]
+        assert "resumed" in steps and "rollback" in steps, steps  # past the disks, undone
+        for vdev in dom.vdevs:
+            assert internal_snapshots(dom.active(vdev)) == [], vdev
+        assert client.snapshots(dom.name) == [] and client.current(dom.name) is None
+        assert [p.name for p in snapdir.iterdir()] in ([], [dom.uuid])
+        assert not any((snapdir / dom.uuid).iterdir()) if (snapdir / dom.uuid).exists() \
+            else True
+        assert dom.state() == "running"
+        assert client.store.lock_owner(dom.uuid) is None
+    finally:
+        if name in cluster.hosts:
+            cluster.stop_worker(name)
+        subprocess.run(["umount", "-l", str(snapdir)], check=True)
