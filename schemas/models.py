@@ -15,7 +15,11 @@ from schemas import SCHEMA_VERSION
 from schemas.config import DiskFormat, DomainConfig, SnapshotType
 
 SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-DomainState = Literal["running", "paused", "shutoff", "dying", "unknown"]
+# suspended: shut down for a suspend and not resumed (what an `xl save` that died leaves:
+# vCPUs frozen, memory and device model intact); shutdown: shut down for another reason
+# but not destroyed yet, so its device model may still hold the images
+DomainState = Literal["running", "paused", "shutoff", "suspended", "shutdown", "dying",
+                      "unknown"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
 Operation = Literal["create", "revert", "delete"]
 

@@ -23,6 +23,7 @@ from workers.drivers.xlparse import (
     parse_domid,
     parse_list,
     parse_list_long,
+    parse_list_rows,
 )
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "xl"
@@ -84,11 +85,22 @@ def test_list_after_save_without_flags_has_only_domain_0() -> None:
         ("-b----", "running"),
         ("------", "running"),
         ("--p---", "paused"),
-        ("---s--", "shutoff"),
+        # still listed after a shutdown: the domain holds its memory and device model
+        ("---s--", "shutdown"),
+        ("---sr-", "shutdown"),
+        ("---sw-", "shutdown"),
+        ("---sS-", "shutdown"),
+        ("---s?-", "shutdown"),
+        # shut down for a suspend: what xl list shows during `xl save`, and after one
+        # that died (issue 9: "---ss-" made the whole inventory fail)
+        ("---ss-", "suspended"),
+        ("--pss-", "suspended"),
         ("----c-", "unknown"),
         ("---sc-", "unknown"),
+        ("----s-", "unknown"),
         ("-----d", "dying"),
         ("--ps-d", "dying"),
+        ("---ssd", "dying"),
         ("-bp---", "paused"),
     ],
 )
@@ -627,3 +639,22 @@ def test_stub_domain_device_model_survives_the_registry() -> None:
     cfg = domain_config_from_libxl(config)
     assert cfg.other["device_model_stubdomain_override"] == 1
     assert parse_domain_config(format_domain_config(cfg)) == cfg
+
+
+def test_a_row_that_does_not_parse_hides_no_other_row() -> None:
+    text = ("Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+            "Domain-0                                     0  1024     2     r-----      85.8\n"
+            "weird                                        3   128     1     ---sx-       1.0\n"
+            "domu                                         2   128     1     ---ss-       0.4\n")
+    rows, bad = parse_list_rows(text)
+    assert [(r.name, r.state) for r in rows] == [("Domain-0", "running"), ("domu", "suspended")]
+    assert len(bad) == 1 and "---sx-" in str(bad[0])
+    with pytest.raises(XlParseError, match="unknown state flags '---sx-'"):
+        parse_list(text)  # the strict form still names the row
+
+
+@pytest.mark.parametrize("flags", ["rbpsrd", "------", "---sS-", "-b-s?-"])
+def test_every_flag_combination_xl_can_print_parses(flags: str) -> None:
+    text = f"Name ID Mem VCPUs\tState\tTime(s)\nvm 5 256 2 {flags} 1.5\n"
+    rows, bad = parse_list_rows(text)
+    assert bad == [] and rows[0].flags == flags

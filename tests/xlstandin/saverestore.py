@@ -60,10 +60,17 @@ def cmd_save(env: Env, args: list[str]) -> int:
         err(f"Saving to {filename} new xl format (info 0x3/0x0/{len(optdata)})",
             f"xc: info: Saving domain {dom.domid}, type x86 {'PV' if dom.type == 'pv' else 'HVM'}")
         suspend(dom)
-        write_memory(dom, fd)
+        suspended = dom.dir / SUSPENDED
+        suspended.touch()  # xl list: "---ss-" until resumed, for good if this process dies
+        try:
+            write_memory(dom, fd)
+        except Fail:
+            suspended.unlink(missing_ok=True)  # "Failed to save domain, resuming domain"
+            raise
         os.fsync(fd)
     finally:
         os.close(fd)
+    (dom.dir / SUSPENDED).unlink(missing_ok=True)  # libxl resumes (-c, -p) or destroys it
     if "-p" in flags or "-c" in flags:
         with dom.control() as q:
             wait_finalized(q)
@@ -74,6 +81,11 @@ def cmd_save(env: Env, args: list[str]) -> int:
     else:
         kill(dom)
     return 0
+
+
+# a domain shut down for a suspend and never resumed (flags ---ss-): what an `xl save`
+# killed half-way leaves on Xen, where no xl verb resumes it (`xl unpause` does not)
+SUSPENDED = "suspended"
 
 
 def save_optdata(config: dict[str, Any]) -> bytes:

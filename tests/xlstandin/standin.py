@@ -49,7 +49,8 @@ Where the stand-in differs from Xen (accepted, on purpose):
 - Disks with backendtype=phy are attached through QEMU like qdisk ones (nodes named
   ``<vdev>-<format>``); on Xen blkback serves them and the device model never sees
   them. cdroms are not attached at all.
-- Run states are r----- (running) or --p--- (anything else); never -b----.
+- Run states are r----- (running) or --p--- (anything else); never -b----; ---ss- for a
+  domain whose `xl save` died after the suspend (`xl unpause` does not resume it).
 - A uuid already in use by a live domain is refused (Xen would allow it): the
   stand-in keeps its state per uuid.
 - Destroy stops QEMU with SIGTERM (a clean exit, images closed).
@@ -71,7 +72,7 @@ from tests.xlstandin.cli import (
 )
 from tests.xlstandin.domains import Dom, Env, Fail, domains, kill, libxl_error, wait_finalized
 from tests.xlstandin.qmp import QMPFailure
-from tests.xlstandin.saverestore import cmd_restore, cmd_save
+from tests.xlstandin.saverestore import SUSPENDED, cmd_restore, cmd_save
 from tests.xlstandin.xlcfg import DOM0_CONFIG, libxl_json
 
 # --------------------------------------------------------------------------- create
@@ -144,7 +145,10 @@ def cmd_list(env: Env, args: list[str]) -> int:
             lines.append(_row("Domain-0", 0, 1024, 2, "r-----", uptime))
             continue
         b_info = e.config["b_info"]
-        state = "r-----" if e.run_state() == "running" else "--p---"
+        if (e.dir / SUSPENDED).exists():
+            state = "---ss-"
+        else:
+            state = "r-----" if e.run_state() == "running" else "--p---"
         lines.append(_row(e.name, e.domid, int(b_info.get("target_memkb", 0)) // 1024,
                           len(b_info.get("avail_vcpus", [0])), state, e.cpu_seconds()))
     out("\n".join(lines) + "\n")
@@ -204,6 +208,8 @@ def cmd_pause(env: Env, args: list[str], *, unpause: bool) -> int:
                 libxl_error("libxl_domain.c:593:libxl_domain_pause", target,
                             "Pausing domain: No such process"))
         return 0
+    if unpause and (target.dir / SUSPENDED).exists():
+        return 0  # unpauses the vCPUs of a domain that stays shut down for its suspend
     with target.control() as q:
         if unpause:
             status = wait_finalized(q)

@@ -45,7 +45,12 @@ from workers.block.lvm import Lvm
 from workers.block.qemu_img import QemuImg
 from workers.block.qmp import QMPClient
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
-from workers.drivers.xlparse import XlDomain, domain_config_from_libxl, parse_list, parse_list_long
+from workers.drivers.xlparse import (
+    XlDomain,
+    domain_config_from_libxl,
+    parse_list_long,
+    parse_list_rows,
+)
 from workers.drivers.xlregistry import Entry, Registry
 from workers.engine.diskops import take_offline, undo_offline
 from workers.hostio.fsutil import fsync_path
@@ -110,13 +115,22 @@ class XlDriver(Driver):
         if dom is None:
             return None
         try:
-            rows = parse_list(self._xl("list", str(dom.domid), timeout=60))
+            rows = self._list_states(self._xl("list", str(dom.domid), timeout=60))
         except CommandFailed as exc:
             if INVALID_DOMAIN in exc.stderr or NO_SUCH_DOMID in exc.stderr:
                 return None  # gone between the two calls
             raise
-        row = next((r for r in rows if r.domid == dom.domid), None)
-        return (dom.domid, row.state) if row else None
+        # a row xl printed but domsnap cannot read: the domain exists, its state is unknown
+        return (dom.domid, rows.get(dom.domid, "unknown"))
+
+    @staticmethod
+    def _list_states(text: str) -> dict[int, str]:
+        """domid -> state from an ``xl list`` table; rows that do not parse are logged and
+        left out (their domains then count as ``unknown``, which every operation refuses)."""
+        rows, bad = parse_list_rows(text)
+        for exc in bad:
+            log.warning("skipping an `xl list` row: %s", exc)
+        return {r.domid: r.state for r in rows}
 
     def _running(self, uuid: str) -> tuple[int, str]:
         found = self._lookup(uuid)
@@ -166,7 +180,7 @@ class XlDriver(Driver):
 
     def list_domains(self) -> list[DomainInfo]:
         doms = [d for d in parse_list_long(self._xl("list", "-l", timeout=60)) if d.domid != 0]
-        states = {r.domid: r.state for r in parse_list(self._xl("list", timeout=60))}
+        states = self._list_states(self._xl("list", timeout=60))
         out: dict[str, DomainInfo] = {}
         for dom in doms:
             try:

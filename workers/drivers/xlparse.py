@@ -42,12 +42,17 @@ __all__ = [
     "parse_domid",
     "parse_list",
     "parse_list_long",
+    "parse_list_rows",
 ]
 
 DomainType = Literal["pv", "pvh", "hvm"]
 
 _LIST_HEADER = ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)"]
-_FLAGS_RE = re.compile(r"[r-][b-][p-][s-][c-][d-]\Z")
+# running, blocked, paused, shutdown, the shutdown reason (xl_info.c list_domains:
+# "-rscwS"[reason] = poweroff, reboot, suspend, crash, watchdog, soft_reset; "?" for a
+# reason xl does not know; "-" when not shut down), dying
+_FLAGS_RE = re.compile(r"[r-][b-][p-][s-][-rscwS?][d-]\Z")
+_SHUTDOWN_STATES: dict[str, DomainState] = {"s": "suspended", "c": "unknown"}
 _UINT_RE = re.compile(r"[0-9]{1,19}\Z")
 _TIME_RE = re.compile(r"[0-9]{1,19}(?:\.[0-9]+)?\Z")
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
@@ -90,40 +95,61 @@ class XlListRow:
 
     @property
     def state(self) -> DomainState:
-        """The domain's state from its flags; a dying or paused flag wins over the rest,
-        a crashed domain (also flagged shutdown) is "unknown"."""
-        if "d" in self.flags:
+        """The domain's state from its flags. Dying wins; then a shut-down domain (still
+        listed, so it still holds its memory and device model): for a suspend it is
+        ``suspended``, after a crash ``unknown`` (on_crash=preserve keeps it), else
+        ``shutdown``; a reason letter without the shutdown flag is ``unknown``."""
+        if self.flags[5] == "d":
             return "dying"
-        if "p" in self.flags:
-            return "paused"
-        if "c" in self.flags:
+        reason = self.flags[4]
+        if self.flags[3] == "s":
+            return _SHUTDOWN_STATES.get(reason, "shutdown")
+        if reason != "-":
             return "unknown"
-        if "s" in self.flags:
-            return "shutoff"
+        if self.flags[2] == "p":
+            return "paused"
         return "running"
 
 
 def parse_list(text: str) -> list[XlListRow]:
     """Parse the ``xl list`` table (header first; Domain-0 included like any row).
-    Columns are split from the right, so a name is whatever precedes the ID."""
+    Columns are split from the right, so a name is whatever precedes the ID. Any row
+    it cannot read is an :class:`XlParseError` (see :func:`parse_list_rows`)."""
+    rows, bad = parse_list_rows(text)
+    if bad:
+        raise bad[0]
+    return rows
+
+
+def parse_list_rows(text: str) -> tuple[list[XlListRow], list[XlParseError]]:
+    """The rows of an ``xl list`` table that parse, and an error for each that does not:
+    one odd row must not hide every other domain of the host."""
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines or lines[0].split() != _LIST_HEADER:
         raise XlParseError("not an `xl list` table (no Name ID Mem VCPUs State Time(s) header)",
                            text)
     rows: list[XlListRow] = []
+    bad: list[XlParseError] = []
     for line in lines[1:]:
-        parts = line.rsplit(None, 5)
-        if len(parts) != 6:
-            raise XlParseError("`xl list` row has too few columns", line)
-        name, domid, mem, vcpus, flags, cpu = (p.strip() for p in parts)
-        if not name or not all(_UINT_RE.match(v) for v in (domid, mem, vcpus)):
-            raise XlParseError("`xl list` row has a bad name, ID, Mem or VCPUs", line)
-        if not _FLAGS_RE.match(flags):
-            raise XlParseError(f"`xl list` row has unknown state flags {flags!r}", line)
-        if not _TIME_RE.match(cpu):
-            raise XlParseError(f"`xl list` row has a bad Time(s) {cpu!r}", line)
-        rows.append(XlListRow(name, int(domid), int(mem), int(vcpus), flags, float(cpu)))
-    return rows
+        try:
+            rows.append(_list_row(line))
+        except XlParseError as exc:
+            bad.append(exc)
+    return rows, bad
+
+
+def _list_row(line: str) -> XlListRow:
+    parts = line.rsplit(None, 5)
+    if len(parts) != 6:
+        raise XlParseError("`xl list` row has too few columns", line)
+    name, domid, mem, vcpus, flags, cpu = (p.strip() for p in parts)
+    if not name or not all(_UINT_RE.match(v) for v in (domid, mem, vcpus)):
+        raise XlParseError("`xl list` row has a bad name, ID, Mem or VCPUs", line)
+    if not _FLAGS_RE.match(flags):
+        raise XlParseError(f"`xl list` row has unknown state flags {flags!r}", line)
+    if not _TIME_RE.match(cpu):
+        raise XlParseError(f"`xl list` row has a bad Time(s) {cpu!r}", line)
+    return XlListRow(name, int(domid), int(mem), int(vcpus), flags, float(cpu))
 
 
 def parse_domid(text: str) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 from domsnap.errors import DomsnapError, Refused
 from domsnap.validation import parse_model
-from schemas.models import CreateRequest, DeleteRequest, RevertRequest
+from schemas.models import CreateRequest, DeleteRequest, DomainInfo, RevertRequest
 from workers.engine import jobs
 from workers.engine.create import plan_create
 from workers.engine.delete import plan_delete
@@ -22,6 +22,28 @@ from workers.host import Host
 def parse(body: Any, model: type[jobs.AnyRequest]) -> jobs.AnyRequest:
     """A request from its JSON body; the error names the field and the reason."""
     return parse_model(model, body)
+
+
+# what to tell the user about a domain in a state no operation may touch
+_NOT_OPERABLE = {
+    "dying": "it is being destroyed; try again once it is gone",
+    "suspended": ("it was suspended for a save that never finished (its vCPUs are frozen); "
+                  "resume or destroy it first"),
+    "shutdown": ("it has shut down but is not destroyed yet, so its device model may still "
+                 "hold the images; destroy it (domain-destroy) or wait for the toolstack"),
+    "unknown": ("its state cannot be read or it crashed and was preserved; its images may "
+                "still be open, so nothing is touched: destroy it first"),
+}
+
+
+def require_operable(info: DomainInfo) -> None:
+    """Only a running, paused or shut-off domain is snapshotted, reverted or cleaned up:
+    in any other state its images may be open in a way no snapshot path is safe for
+    (``qemu-img`` on an image a device model holds loses the snapshot silently)."""
+    why = _NOT_OPERABLE.get(info.state)
+    if why is not None:
+        raise Refused(f"domain {info.name} is {info.state}: {why}", domain=info.uuid,
+                      state=info.state)
 
 
 def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:
@@ -42,6 +64,7 @@ def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:
             raise Refused(f"request for host {req.host} reached host {host.name}")
         jobs.wait_for_gate(host, req, emit)
         info = host.driver.domain_info(req.domain)
+        require_operable(info)
         if isinstance(req, CreateRequest):
             host.store.reserve_name(req.domain, req.name, req.job_id)
             plan = plan_create(host, req, info)

@@ -28,8 +28,6 @@ from workers.hostio.paths import confined
 
 def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, Any]:
     """Check that the domain can take this snapshot; return the plan. Touches nothing."""
-    if info.state == "dying":
-        raise Refused(f"domain {info.name} is dying", domain=info.uuid)
     if host.files.sidecar_path(req.domain, req.name).exists():
         raise SnapshotExists(f"snapshot {req.name!r} already exists on {info.name} (sidecar)",
                              name=req.name)
