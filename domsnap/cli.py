@@ -352,9 +352,12 @@ def domain_pause(domain: str) -> None:
 @main.command("domain-unpause")
 @click.argument("domain")
 def domain_unpause(domain: str) -> None:
-    """Unpause a paused domain."""
+    """Unpause a paused domain (on Xen, also resume one that a save which died left
+    suspended: `xl list` shows ---ss-, and `xl unpause` cannot resume it)."""
     host = _local()
-    host.driver.unpause(_unlocked(host, domain))
+    uuid = _unlocked(host, domain)
+    if not host.driver.resume_suspended(uuid):
+        host.driver.unpause(uuid)
     _publish(host)
 
 

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
 
     xl_binary: str = "xl"
     xen_run_dir: Path = Path("/var/run/xen")  # where libxl puts qmp-libxl-<domid>
+    # Xen's Python bindings (xen.lowlevel.xc/xs), used to resume a domain that a dead
+    # `xl save` left suspended; empty: the newest /usr/lib/xen-*/lib/python
+    xen_python_dir: Path | None = None
     lvm_binary: str = "lvm"
     # COW space of an LVM snapshot: a size ("10G") or extents ("100%ORIGIN": can never
     # fill up and be invalidated, at the price of the origin's size)

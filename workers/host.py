@@ -39,7 +39,8 @@ def make_driver(settings: Settings, runner: Runner, *, img: QemuImg, lvm: Lvm) -
             raise InvalidInput(f"driver 'xl' needs {settings.xl_binary!r} on PATH",
                                field="driver")
         return XlDriver(settings.state_dir, runner, img=img, lvm=lvm, binary=settings.xl_binary,
-                        xen_run_dir=settings.xen_run_dir, timeout=settings.command_timeout_s)
+                        xen_run_dir=settings.xen_run_dir, timeout=settings.command_timeout_s,
+                        xen_python_dir=settings.xen_python_dir)
     if settings.driver == "qemu":
         from workers.drivers.qemu import QemuDriver
 

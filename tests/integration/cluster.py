@@ -256,6 +256,8 @@ class Cluster:
                          "PATH": f"{STANDIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                          "DOMSNAP_XEN_RUN_DIR": str(root / "run"),
                          "DOMSNAP_SNAPSHOT_DIR": str(root / "state" / "snapshots"),
+                         # Xen's Python bindings, played over the stand-in's domains
+                         "DOMSNAP_XEN_PYTHON_DIR": str(STANDIN_DIR / "pylib"),
                          **standin_env(root / "xen", root / "run"), **extra}
             h = HostHandle(name=name, root=root, env=self.env_for(name, **extra), driver=driver)
             h.images.mkdir(parents=True, exist_ok=True)

@@ -73,5 +73,28 @@ def test_a_domain_left_suspended_is_listed_refused_and_survives_a_worker_restart
     cluster.start_worker(name, driver="xl")
     _state_in_inventory(cluster, stuck, "suspended")
     _state_in_inventory(cluster, fine, "running")
-    h.xl("destroy", stuck.name)
+
+    # what does resume it: xc_domain_resume(fast) + xs_resume_domain, as libxl after a
+    # failed save (workers/drivers/xenresume.py), here through the operator command
+    h.cli("domain-unpause", stuck.name, check=True)
+    assert h.xl("list", stuck.name).stdout.splitlines()[-1].split()[4] == "r-----"
+    with QMPClient(stuck.qmp, timeout=10) as q:
+        assert q.execute("query-status")["status"] == "running"
+    _state_in_inventory(cluster, stuck, "running")
+    job = client.wait(client.create(stuck.name, name="s2"), timeout=120)
+    assert job.state == "succeeded", job.error
     cluster.stop_worker(name)
+
+
+def test_xenresume_refuses_bad_arguments_and_reports_binding_errors(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "workers.drivers.xenresume"]
+    for bad in ([], ["0"], ["-1"], ["x"], ["32752"], ["1", "2"]):
+        proc = subprocess.run([*run, *bad], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "usage" in proc.stderr, bad
+    proc = subprocess.run([*run, "--bindings", "/nonexistent", "7"], capture_output=True,
+                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 1
+    assert "resuming domain 7: ModuleNotFoundError" in proc.stderr

@@ -90,6 +90,12 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def unpause(self, uuid: str) -> None: ...
 
+    def resume_suspended(self, uuid: str) -> bool:
+        """Resume a domain that a suspend left shut down and nobody resumed (Xen: an
+        ``xl save`` that died after the guest suspended); whether there was one. Only
+        Xen has such a state: elsewhere there is nothing to do."""
+        return False
+
     @abc.abstractmethod
     def capture(
         self,

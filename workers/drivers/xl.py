@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -85,8 +86,10 @@ class XlDriver(Driver):
 
     def __init__(self, state_dir: Path, runner: Runner, *, img: QemuImg, lvm: Lvm,
                  binary: str = "xl", xen_run_dir: Path = Path("/var/run/xen"),
-                 timeout: float = 600.0, qmp_timeout: float = 30.0) -> None:
+                 timeout: float = 600.0, qmp_timeout: float = 30.0,
+                 xen_python_dir: Path | None = None) -> None:
         self.registry = Registry(state_dir)
+        self.xen_python_dir = xen_python_dir
         self.scratch = state_dir / "xl" / "scratch"
         self.runner = runner
         self.img = img
@@ -534,3 +537,28 @@ class XlDriver(Driver):
 
         self._window(uuid, domid, keep=None, was_running=state == "running", work=work,
                      progress=lambda step, msg: None)
+
+    # ------------------------------------------------------------ a suspend left behind
+
+    def resume_suspended(self, uuid: str) -> bool:
+        """Resume the domain if it is shut down for a suspend that nobody resumed (an
+        ``xl save`` that died after the guest suspended: ``---ss-``), as libxl does after
+        a failed save: an HVM domain's device model first (QMP ``cont``), then the
+        domain (:mod:`workers.drivers.xenresume`, in its own process). Returns whether
+        there was anything to resume; raises if the domain is still suspended after."""
+        found = self._lookup(uuid)
+        if found is None or found[1] != "suspended":
+            return False
+        domid = found[0]
+        if self.registry.get(uuid).config.type == "hvm" and self._has_qmp(domid):
+            with self._qmp(domid) as q:
+                q.execute("cont")
+        bindings = ["--bindings", str(self.xen_python_dir)] if self.xen_python_dir else []
+        self.runner([sys.executable, "-m", "workers.drivers.xenresume", *bindings, str(domid)],
+                    timeout=60)
+        after = self._lookup(uuid)
+        if after is not None and after[1] == "suspended":
+            raise Refused(f"domain {uuid} is still suspended after the resume", domain=uuid)
+        log.warning("domain %s (domid %s) was left suspended by a save that died; resumed",
+                    uuid, domid)
+        return True
