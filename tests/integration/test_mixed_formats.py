@@ -426,3 +426,44 @@ def test_mixed_snapshot_record_names_true_formats_in_sidecar(cluster: Cluster,
     assert {v: (d["format"], d["overlay_format"]) for v, d in disks.items()} == {
         dom.vdevs[0]: ("qcow2", "qcow2"), dom.vdevs[1]: ("raw", "qcow2"),
         dom.vdevs[2]: ("qcow2", "qcow2")}
+
+
+def strip_backing_format(path: Path) -> None:
+    """Make a qcow2 image name its backing file without a format, as images made by
+    QEMU before 6.1 may (qemu-img 7.2 refuses to make one): the header extension that
+    holds the backing format (0xe2792aca) gets a type QEMU does not know and skips."""
+    with open(path, "r+b") as fh:
+        head = bytearray(fh.read(CHUNK))
+        at = head.find(bytes.fromhex("e2792aca"))
+        assert at > 0, f"{path} has no backing format extension"
+        fh.seek(at)
+        fh.write(bytes.fromhex("0d5e0d5e"))
+    assert "backing-filename-format" not in info(str(path), "qcow2")
+
+
+def test_implicit_backing_format_is_refused_not_guessed(cluster: Cluster, hv_host: str) -> None:
+    """A chain domsnap would have to probe is refused with the fix in the message, and
+    nothing changes; once the format is named the same delete works."""
+    client = cluster.client()
+    dom = mixed_domain(cluster, hv_host, running=False)
+    vc = dom.vdevs[2]
+    write(dom, step(dom, 0, 0xBB))
+    model = merged(base_state(dom), step(dom, 0, 0xBB))
+    _create(client, dom, "s", type="external")
+    strip_backing_format(dom.disks[vc])
+    snapdir = dom.host.snapshots / dom.uuid
+    before = ({p: os.stat(p).st_mtime_ns for p in files_under(snapdir)},
+              client.snapshots(dom.name), active(dom))
+    proc = dom.host.cli("snapshot-delete", "-n", "s", dom.name)
+    assert proc.returncode == 5, proc.stderr
+    assert f"{dom.disks[vc]} names its backing file" in proc.stderr
+    assert "without a format" in proc.stderr and "qemu-img rebase" in proc.stderr
+    assert ({p: os.stat(p).st_mtime_ns for p in files_under(snapdir)},
+            client.snapshots(dom.name), active(dom)) == before
+    base = _backing(info(str(dom.disks[vc]), "qcow2"))
+    assert base is not None
+    subprocess.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", base, "-F", "raw",
+                    str(dom.disks[vc])], check=True)
+    _ok(client, client.delete(dom.name, "s"))
+    check(client, dom, model, "after delete s")
+    assert active(dom)[vc] == (str(dom.disks[vc]), "qcow2")
