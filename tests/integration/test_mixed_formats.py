@@ -500,3 +500,33 @@ def test_implicit_backing_format_is_refused_not_guessed(cluster: Cluster, h1: st
     _ok(client, client.delete(dom.name, "s"))
     check(client, dom, model, "after delete s")
     assert active(dom)[vc] == (str(dom.disks[vc]), "qcow2")
+
+
+def test_external_snapshot_of_a_vhd_disk_is_refused_up_front(cluster: Cluster, x1: str) -> None:
+    """xl runs vhd (QEMU's vpc) disks; domsnap does not put overlays on them: refused at
+    planning, naming the disk, nothing made; the domain's other disks still can be."""
+    h = cluster.host(x1)
+    name = unique_name("mix-vhd")
+    q = cluster.make_disk(h, f"{name}-xvda", fmt="qcow2")
+    v = h.images / f"{name}-xvdb.vhd"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vpc", str(v), "16M"], check=True)
+    dom_uuid = str(uuidlib.uuid4())
+    cfg = h.root / f"{name}.cfg"
+    cfg.write_text(f'name = "{name}"\nuuid = "{dom_uuid}"\nmemory = 64\n'
+                   f'disk = [ "{q},qcow2,xvda,rw", "{v},vhd,xvdb,rw" ]\n')
+    h.xl("create", str(cfg))
+    dom = Domain(host=h, name=name, uuid=dom_uuid, disks={"xvda": q, "xvdb": v})
+    cluster.wait_inventory(dom)
+    client = cluster.client()
+    snapdir = h.snapshots / dom_uuid
+    proc = h.cli("snapshot-create", "--type", "external", "--disk-only", "-n", "e", name)
+    assert proc.returncode == 5, proc.stderr
+    assert "xvdb is vhd: external snapshots go on qcow2 or raw images only" in proc.stderr
+    assert client.snapshots(name) == [] and not files_under(snapdir) - {str(snapdir)}
+    assert active(dom) == {"xvda": (str(q), "qcow2"), "xvdb": (str(v), "vhd")}
+    _ok(client, client.create(name, name="q", disk_only=True,
+                              disks=[DiskChoice(vdev="xvda", type="external")]))
+    rec = client.snapshot(name, "q")
+    assert [(d.vdev, d.format, d.overlay_format) for d in rec.disks] == [
+        ("xvda", "qcow2", "qcow2")]
+    dom.destroy()
