@@ -530,3 +530,30 @@ def test_external_snapshot_of_a_vhd_disk_is_refused_up_front(cluster: Cluster, x
     assert [(d.vdev, d.format, d.overlay_format) for d in rec.disks] == [
         ("xvda", "qcow2", "qcow2")]
     dom.destroy()
+
+
+def test_revert_of_a_record_an_older_domsnap_wrote_uses_the_real_backing_format(
+        cluster: Cluster, h1: str) -> None:
+    """An older domsnap recorded the second external snapshot of a raw disk as raw,
+    though it froze the first one's qcow2 overlay; a revert to it must still put the
+    new overlay on that file as qcow2 (as raw, the guest would read a qcow2 header)."""
+    client = cluster.client()
+    dom = mixed_domain(cluster, h1, running=False)
+    vb = dom.vdevs[1]
+    a, b = step(dom, 0, 0xD1), step(dom, 1, 0xD2)
+    write(dom, a)
+    _create(client, dom, "e1", type="external")
+    write(dom, b)
+    e2 = _create(client, dom, "e2", type="external")
+    old = e2.model_copy(update={"disks": [
+        d.model_copy(update={"format": "raw"}) if d.vdev == vb else d for d in e2.disks]})
+    client.store.put_snapshots(dom.uuid, [old])
+    (dom.host.snapshots / dom.uuid / "e2.json").write_text(old.model_dump_json(indent=2))
+    write(dom, step(dom, 2, 0xD3))
+    _ok(client, client.revert(dom.name, "e2"))
+    top, fmt = active(dom)[vb]
+    assert fmt == "qcow2" and info(top, "qcow2")["backing-filename-format"] == "qcow2"
+    want = merged(base_state(dom), a, b)
+    for vdev, (path, f) in active(dom).items():
+        chain(path, f)
+        assert_data(path, f, want[vdev], f"after revert e2: {vdev}")
