@@ -29,6 +29,7 @@ from domsnap.errors import (
 )
 from domsnap.keys import Keys
 from schemas.models import (
+    AuditEntry,
     DomainInfo,
     HostInventory,
     JobEvent,
@@ -216,11 +217,16 @@ class Store:
                                nx=True, ex=self.job_ttl_s))
 
     @_translated
-    def get_job(self, job_id: str) -> JobRecord:
+    def get_job(self, job_id: str, *, follow: bool = False) -> JobRecord:
+        """A job's record. ``follow``: a job that repeated another's request id
+        (``duplicate_of``) is read as that job (what submitters want; workers never)."""
         raw = self.r.get(self.keys.job(job_id))
         if raw is None:
             raise UnknownJob(f"no job {job_id} (unknown, or its result expired)", job_id=job_id)
-        return _load(JobRecord, raw, f"job {job_id}")
+        job = _load(JobRecord, raw, f"job {job_id}")
+        if follow and job.duplicate_of and job.duplicate_of != job_id:
+            return self.get_job(job.duplicate_of, follow=False)
+        return job
 
     @_translated
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:
@@ -244,6 +250,68 @@ class Store:
                     return job
                 except redis.WatchError:
                     continue
+
+    @_translated
+    def claim_request(self, request_id: str, job_id: str) -> str | None:
+        """Map a caller's request id to a job (SET NX, for the job TTL): None if this job
+        now owns it (or owned it already), else the job id of the first request."""
+        key = self.keys.request(request_id)
+        if self.r.set(key, job_id, nx=True, ex=self.job_ttl_s):
+            return None
+        owner = self.r.get(key)
+        if owner is None:  # expired in between: claim again
+            return self.claim_request(request_id, job_id)
+        return None if str(owner) == job_id else str(owner)
+
+    @_translated
+    def release_request(self, request_id: str, job_id: str) -> None:
+        """Drop the mapping if it is this job's (its submission failed before the job)."""
+        self._del_if(keys=[self.keys.request(request_id)], args=[job_id])
+
+    @_translated
+    def request_cancel(self, job_id: str) -> None:
+        self.r.set(self.keys.job_cancel(job_id), "1", ex=self.job_ttl_s)
+
+    @_translated
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.keys.job_cancel(job_id)))
+
+    @_translated
+    def fail_if_queued(self, job_id: str, error: dict[str, Any]) -> JobRecord | None:
+        """Fail a job that is still queued, atomically (WATCH); None if it was not queued."""
+        key = self.keys.job(job_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise UnknownJob(f"no job {job_id}", job_id=job_id)
+                    job = _load(JobRecord, raw, f"job {job_id}")
+                    if job.state != "queued":
+                        pipe.unwatch()
+                        return None
+                    job = job.model_copy(update={"state": "failed", "finished_at": time.time(),
+                                                 "error": error})
+                    job = JobRecord.model_validate(job.model_dump())
+                    pipe.multi()
+                    pipe.set(key, job.model_dump_json(), ex=self.job_ttl_s)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    @_translated
+    def add_audit(self, entry: AuditEntry, *, maxlen: int = 100_000) -> None:
+        """Append to the capped audit stream (XADD MAXLEN ~)."""
+        self.r.xadd(self.keys.audit, {"entry": entry.model_dump_json()}, maxlen=maxlen,
+                    approximate=True)
+
+    @_translated
+    def audit(self, limit: int = 50) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries, oldest first."""
+        rows = self.r.xrevrange(self.keys.audit, count=limit)
+        return [_load(AuditEntry, f["entry"], "audit entry") for _, f in reversed(rows)]
 
     @_translated
     def add_event(self, job_id: str, step: str, message: str,

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from domsnap.errors import DomsnapError, OperationFailed
+from domsnap.errors import Cancelled, DomsnapError, OperationFailed, StoreUnavailable
 from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, RevertRequest
+from workers.engine import audit
+from workers.engine.requests import duplicate_submission
 from workers.host import Host
 
 AnyRequest = CreateRequest | RevertRequest | DeleteRequest
@@ -33,6 +35,9 @@ def progress_for(host: Host, job_id: str) -> Progress:
 def ensure_job(host: Host, req: AnyRequest) -> JobRecord:
     """The job record; created here when a control plane enqueued the message directly."""
     job = JobRecord.queued(req, time.time())
+    dup = duplicate_submission(host.store, req, job)
+    if dup is not None:
+        return dup  # it repeats an earlier request's request_id: that job is the answer
     if host.store.create_job(job):
         return job
     return host.store.get_job(req.job_id)
@@ -57,8 +62,20 @@ def wait_for_gate(host: Host, req: AnyRequest, emit: Progress) -> None:
         time.sleep(0.01)
 
 
+def check_cancel(host: Host, req: AnyRequest, where: str) -> None:
+    """A safe point: raise Cancelled if someone asked to cancel the job (job-cancel).
+    Redis unreachable here means no cancel can be seen: the job goes on."""
+    try:
+        wanted = host.store.cancel_requested(req.job_id)
+    except StoreUnavailable:
+        return
+    if wanted:
+        raise Cancelled(f"{req.op} of {req.name!r} cancelled {where}", job_id=req.job_id)
+
+
 def start(host: Host, req: AnyRequest, *, pausing: bool, plan: dict[str, Any]) -> None:
     """Take the lock, write the journal, mark the job running."""
+    check_cancel(host, req, "before it was admitted")
     host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
     host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
                                           "plan": plan, "step": "admitted"})
@@ -93,6 +110,9 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
         progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
         host.store.update_job(req.job_id, state=state, finished_at=time.time(), result=result,
                               error=error)
+        audit.record(host.settings, host.store, who=req.requested_by or "unknown", op=req.op,
+                     outcome=state, domain=req.domain, name=req.name, job_id=req.job_id,
+                     error=error.code if error else None)
     host.files.remove_journal(req.job_id)
 
 
