@@ -32,6 +32,8 @@ from schemas.models import (
     DeleteRequest,
     DiskChoice,
     DomainInfo,
+    FsckReport,
+    FsckRequest,
     JobEvent,
     JobRecord,
     RevertRequest,
@@ -257,6 +259,57 @@ class Client:
                 "code": "backend", "message": f"could not enqueue: {exc}", "details": {}})
             raise BackendError(f"could not enqueue the request: {exc}") from exc
         return req.job_id
+
+    # ------------------------------------------------------------ fsck, audit
+
+    def fsck(self, *, domain: str | None = None, host: str | None = None, repair: bool = False,
+             timeout: float = 600.0, requested_by: str | None = None) -> list[FsckReport]:
+        """Run fsck on the host(s) that own the files, through their queues: one domain
+        (on its owning host), one host, or every live host. One report per host."""
+        from domsnap.errors import HostUnavailable
+        from workers.routing import TASK_FSCK, host_queue
+
+        targets: list[tuple[str, str | None]]
+        if domain is not None:
+            owner, info = self.resolve(domain)
+            targets = [(owner, info.uuid)]
+        elif host is not None:
+            if not self.store.host_alive(host):
+                raise HostUnavailable(f"host {host} has no live worker", host=host)
+            targets = [(host, None)]
+        else:
+            targets = [(h, None) for h in self.store.hosts() if self.store.host_alive(h)]
+        app = self._app()
+        pending = []
+        for h, uuid in targets:
+            req: FsckRequest = parse_model(FsckRequest, {
+                "job_id": str(uuidlib.uuid4()), "host": h, "domain": uuid, "repair": repair,
+                "requested_by": requested_by or os_user()})
+            try:
+                pending.append(app.send_task(TASK_FSCK, args=[req.model_dump(mode="json")],
+                                             queue=host_queue(h), task_id=req.job_id))
+            except Exception as exc:  # the broker boundary
+                raise BackendError(f"could not enqueue fsck for {h}: {exc}") from exc
+        reports = []
+        deadline = time.monotonic() + timeout
+        for res in pending:
+            try:
+                out = res.get(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # celery's TimeoutError, a task that raised
+                if type(exc).__name__ == "TimeoutError":
+                    raise OperationTimeout(f"fsck did not answer within {timeout} s") from exc
+                raise BackendError(f"fsck failed on its host: {exc}") from exc
+            finally:
+                res.forget()
+            if isinstance(out, dict) and "error" in out:
+                from domsnap.errors import from_dict
+
+                raise from_dict(out["error"])
+            reports.append(parse_model(FsckReport, out))
+        return reports
+
+    def audit(self, limit: int = 50) -> list[AuditEntry]:
+        return self.store.audit(limit)
 
     # ------------------------------------------------------------ waiting
 

@@ -17,6 +17,7 @@ from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, R
 from workers.engine import audit
 from workers.engine.requests import duplicate_submission
 from workers.host import Host
+from workers.hostio.currentfile import write_current
 
 AnyRequest = CreateRequest | RevertRequest | DeleteRequest
 Progress = Callable[[str, str], None]
@@ -110,10 +111,21 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
         progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
         host.store.update_job(req.job_id, state=state, finished_at=time.time(), result=result,
                               error=error)
+        if state == "succeeded":
+            _note_current(host, req)
         audit.record(host.settings, host.store, who=req.requested_by or "unknown", op=req.op,
                      outcome=state, domain=req.domain, name=req.name, job_id=req.job_id,
                      error=error.code if error else None)
     host.files.remove_journal(req.job_id)
+
+
+def _note_current(host: Host, req: AnyRequest) -> None:
+    """Keep the host's copy of the ``current`` pointer (fsck rebuilds Redis's from it)."""
+    try:
+        name = req.name if req.op != "delete" else host.store.current(req.domain)
+        write_current(host.settings.snapshots, req.domain, name)
+    except (DomsnapError, OSError):
+        pass  # fsck reports and repairs a host copy that lags
 
 
 def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
