@@ -56,6 +56,7 @@ def wait_for_gate(host: Host, req: AnyRequest, emit: Progress) -> None:
     while True:
         others = {d: j for d, j in host.files.pausing_jobs().items() if j != req.job_id}
         if not others or time.monotonic() > deadline:
+            check_cancel(host, req, "while it waited to be admitted")
             return
         if not announced:
             emit("queued", f"waiting for {len(others)} pausing operation(s) on this host")
