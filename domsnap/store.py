@@ -291,9 +291,8 @@ class Store:
                     if job.state != "queued":
                         pipe.unwatch()
                         return None
-                    job = job.model_copy(update={"state": "failed", "finished_at": time.time(),
-                                                 "error": error})
-                    job = JobRecord.model_validate(job.model_dump())
+                    job = JobRecord.model_validate({**job.model_dump(), "state": "failed",
+                                                    "finished_at": time.time(), "error": error})
                     pipe.multi()
                     pipe.set(key, job.model_dump_json(), ex=self.job_ttl_s)
                     pipe.execute()
@@ -302,10 +301,12 @@ class Store:
                     continue
 
     @_translated
-    def add_audit(self, entry: AuditEntry, *, maxlen: int = 100_000) -> None:
-        """Append to the capped audit stream (XADD MAXLEN ~)."""
+    def add_audit(self, entry: AuditEntry, *, maxlen: int = 100_000,
+                  approximate: bool = True) -> None:
+        """Append to the capped audit stream (XADD MAXLEN ~ maxlen: Redis trims whole
+        macro nodes, so it may hold a few more; the host's JSONL file keeps everything)."""
         self.r.xadd(self.keys.audit, {"entry": entry.model_dump_json()}, maxlen=maxlen,
-                    approximate=True)
+                    approximate=approximate)
 
     @_translated
     def audit(self, limit: int = 50) -> list[AuditEntry]:
