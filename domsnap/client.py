@@ -139,7 +139,7 @@ class Client:
 
         def submit() -> str:
             self._check_unlocked(info)
-            self.store.reserve_name(info.uuid, req.name, req.job_id)
+            self.store.claim_name(info.uuid, req.name, req.job_id)
             try:
                 return self._enqueue(req)
             except BaseException:

@@ -48,6 +48,17 @@ if owner and owner ~= ARGV[2] then return 'reserved:' .. owner end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 'ok'
 """
+# The same claim for submitters: KEYS: reserved. ARGV: name, job_id, snapshots key (same
+# hash tag, so the same slot). Only ``reserved`` is declared, because EVAL needs
+# read+write ACL permission on every declared key and a control plane's ACL user may
+# only read the records (docs/acl.md); the inner HEXISTS is checked as a read.
+_CLAIM = """
+if redis.call('HEXISTS', ARGV[3], ARGV[1]) == 1 then return 'exists' end
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if owner and owner ~= ARGV[2] then return 'reserved:' .. owner end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 'ok'
+"""
 # KEYS: lock. ARGV: job_id, ttl
 _ACQUIRE = """
 local owner = redis.call('GET', KEYS[1])
@@ -102,6 +113,7 @@ class Store:
         self.keys = Keys(prefix)
         self.job_ttl_s = job_ttl_s
         self._reserve = client.register_script(_RESERVE)
+        self._claim = client.register_script(_CLAIM)
         self._acquire = client.register_script(_ACQUIRE)
         self._del_if = client.register_script(_DEL_IF)
         self._hdel_if = client.register_script(_HDEL_IF)
@@ -119,6 +131,18 @@ class Store:
         """Claim a snapshot name for a create; a redelivered create (same job) passes."""
         res = str(self._reserve(keys=[self.keys.snapshots(uuid), self.keys.reserved(uuid)],
                                 args=[name, job_id]))
+        self._name_claimed(res, uuid, name)
+
+    @_translated
+    def claim_name(self, uuid: str, name: str, job_id: str) -> None:
+        """:meth:`reserve_name` for submitters (the client): same checks, atomically, but
+        runs with an ACL user that cannot write snapshot records (docs/acl.md)."""
+        res = str(self._claim(keys=[self.keys.reserved(uuid)],
+                              args=[name, job_id, self.keys.snapshots(uuid)]))
+        self._name_claimed(res, uuid, name)
+
+    @staticmethod
+    def _name_claimed(res: str, uuid: str, name: str) -> None:
         if res == "exists":
             raise SnapshotExists(f"snapshot {name!r} already exists", name=name, domain=uuid)
         if res.startswith("reserved:"):
