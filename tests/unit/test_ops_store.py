@@ -154,3 +154,13 @@ def test_fsck_exit_codes() -> None:
     assert fsck_exit_code([rep()]) == 0
     assert fsck_exit_code([rep(True), rep(True)]) == FSCK_REPAIRED == 12
     assert fsck_exit_code([rep(True), rep(False)]) == FSCK_PROBLEMS == 11
+
+
+def test_docs_acl_shows_exactly_the_rules_the_code_builds() -> None:
+    from domsnap.acl import acl_rules, setuser_command
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "acl.md").read_text()
+    shown = [line for line in doc.splitlines() if line.startswith("ACL SETUSER ")]
+    built = [" ".join(setuser_command(f"domsnap-{kind}", "PASSWORD", rules))
+             for kind, rules in acl_rules("domsnap").items()]
+    assert shown == built
