@@ -105,10 +105,10 @@ def test_same_request_id_through_a_raw_message_gives_the_same_job(cluster: Clust
     client = cluster.client()
     rid = f"raw-{uuidlib.uuid4().hex}"
     first = _raw(cluster, dom, "idem3", disk_only=True, request_id=rid)
+    _until(lambda: cluster.redis.exists(client.store.keys.job(first.job_id)), "first job")
     succeeded(client, first.job_id)
     second = _raw(cluster, dom, "idem3", disk_only=True, request_id=rid)  # a new job id
     _until(lambda: cluster.redis.exists(client.store.keys.job(second.job_id)), "second job")
-    alias = client.store.get_job(second.job_id)
     _until(lambda: client.store.get_job(second.job_id).duplicate_of, "duplicate recorded")
     alias = client.store.get_job(second.job_id)
     assert alias.duplicate_of == first.job_id

@@ -140,7 +140,7 @@ def test_host_current_pointer(tmp_path: Path) -> None:
     assert read_current(tmp_path, U) == "s1"
     write_current(tmp_path, U, None)
     assert read_current(tmp_path, U) is None
-    (tmp_path / U / ".current").write_text("not json")
+    (tmp_path / "current" / f"{U}.json").write_text("not json")
     assert read_current(tmp_path, U) is None
 
 

@@ -69,7 +69,7 @@ def gather(host: Host, uuid: str) -> DomainFacts:
     facts = DomainFacts(uuid=uuid, host=host.name, snapdir=str(snapdir))
     facts.redis = {r.name: r for r in host.store.list_snapshots(uuid)}
     facts.current_redis = host.store.current(uuid)
-    facts.current_host = read_current(host.settings.snapshots, uuid)
+    facts.current_host = read_current(host.settings.state_dir, uuid)
     if snapdir.is_dir():
         for p in sorted(snapdir.iterdir()):
             if p.name.startswith(".") or not p.is_file():
@@ -146,7 +146,7 @@ def repair(host: Host, facts: DomainFacts, findings: list[FsckFinding]) -> None:
             if "Redis" in (f.action or ""):
                 host.store.put_snapshots(uuid, [], current=want)
             else:
-                write_current(host.settings.snapshots, uuid, want)
+                write_current(host.settings.state_dir, uuid, want)
             f.repaired = True
         except (DomsnapError, OSError) as exc:
             f.action = f"{f.action} (failed: {exc})"

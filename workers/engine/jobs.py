@@ -124,7 +124,7 @@ def _note_current(host: Host, req: AnyRequest) -> None:
     """Keep the host's copy of the ``current`` pointer (fsck rebuilds Redis's from it)."""
     try:
         name = req.name if req.op != "delete" else host.store.current(req.domain)
-        write_current(host.settings.snapshots, req.domain, name)
+        write_current(host.settings.state_dir, req.domain, name)
     except (DomsnapError, OSError):
         pass  # fsck reports and repairs a host copy that lags
 
