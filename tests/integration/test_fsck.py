@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 
 @pytest.fixture(scope="module")
-def dom(cluster: Cluster, h1: str) -> Domain:
-    d = listed_domain(cluster, h1, "fsck")
+def dom(cluster: Cluster, hv_host: str) -> Domain:
+    """On each driver (qemu; xl: the stand-in over real QEMU)."""
+    d = listed_domain(cluster, hv_host, "fsck")
     client = cluster.client()
     succeeded(client, client.create(d.name, name="s1"))  # memory + internal
     succeeded(client, client.create(d.name, name="s2", disk_only=True, type="external"))

@@ -146,6 +146,12 @@ def test_orphans_in_the_snapshot_dir() -> None:
                         ("orphan_file", f"{SD}/x.vdb.qcow2", True)]
 
 
+def test_an_image_another_domain_runs_on_is_no_orphan() -> None:
+    f = healthy(protected={f"{SD}/theirs.qcow2"})
+    f.dir_files.append(f"{SD}/theirs.qcow2")
+    assert check(f) == []
+
+
 def test_a_file_something_still_backs_on_is_no_orphan() -> None:
     """An image only the active overlay's chain needs (no record names it) stays."""
     mid = f"{SD}/mid.qcow2"

@@ -64,6 +64,7 @@ class DomainFacts:
     images: dict[str, ImageFacts] = field(default_factory=dict)
     dir_files: list[str] = field(default_factory=list)  # regular files, not dotfiles
     present: set[str] = field(default_factory=set)  # memory files found on disk
+    protected: set[str] = field(default_factory=set)  # other domains' active images
 
 
 def records(facts: DomainFacts) -> dict[str, SnapshotRecord]:
@@ -223,7 +224,7 @@ def check_orphans(facts: DomainFacts) -> list[FsckFinding]:
     keep = needed(facts)
     bad = set(facts.bad_sidecars)
     for path in sorted(facts.dir_files):
-        if path in keep or path in bad or path.endswith(".json"):
+        if path in keep or path in bad or path in facts.protected or path.endswith(".json"):
             continue  # a sidecar without a record is a record_missing, not an orphan
         ours = path.endswith(REMOVABLE_SUFFIXES)
         out.append(_f(facts, "orphan_file", f"{path}: no record, config or backing chain "

@@ -92,6 +92,9 @@ def gather(host: Host, uuid: str) -> DomainFacts:
                         for d in cfg.disks if d.target and d.devtype == "disk"]
     except UnknownDomain:
         pass  # undefined: only its snapshots are left
+    for other in host.driver.list_domains():  # never an image another domain runs on
+        if other.uuid != uuid:
+            facts.protected.update(d.path for d in other.disks if d.path)
     for rec in {**facts.sidecars, **facts.redis}.values():
         if rec.memory_file and os.path.exists(rec.memory_file):
             facts.present.add(rec.memory_file)

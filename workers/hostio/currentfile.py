@@ -10,6 +10,7 @@ from pathlib import Path
 
 from workers.hostio.fsutil import atomic_write
 
+
 def current_path(state_dir: Path, uuid: str) -> Path:
     return state_dir / "current" / f"{uuid}.json"
 
