@@ -7,6 +7,7 @@ records the job and enqueues one JSON message on that host's queue.
 
 from __future__ import annotations
 
+import getpass
 import time
 import uuid as uuidlib
 from collections.abc import Callable
@@ -14,7 +15,9 @@ from typing import Any, Literal
 
 from domsnap.errors import (
     BackendError,
+    Conflict,
     DomainLocked,
+    DomsnapError,
     InvalidInput,
     OperationTimeout,
 )
@@ -23,10 +26,14 @@ from domsnap.store import Store
 from domsnap.validation import parse_model
 from schemas.config import SnapshotConfig
 from schemas.models import (
+    REQUESTED_BY_RE,
+    AuditEntry,
     CreateRequest,
     DeleteRequest,
     DiskChoice,
     DomainInfo,
+    FsckReport,
+    FsckRequest,
     JobEvent,
     JobRecord,
     RevertRequest,
@@ -34,6 +41,16 @@ from schemas.models import (
 )
 
 EventHandler = Callable[[JobEvent], None]
+AnyRequest = CreateRequest | RevertRequest | DeleteRequest
+
+
+def os_user() -> str:
+    """Who runs this process, for ``requested_by`` (``unknown`` if it has no valid name)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+    return name if REQUESTED_BY_RE.fullmatch(name) else "unknown"
 
 
 class Client:
@@ -65,7 +82,7 @@ class Client:
         return self.store.current(info.uuid)
 
     def job(self, job_id: str) -> JobRecord:
-        return self.store.get_job(job_id)
+        return self.store.get_job(job_id, follow=True)
 
     def _find(self, domain: str) -> tuple[str, DomainInfo]:
         """Like resolve, but a host that is down does not hide its records."""
@@ -92,6 +109,8 @@ class Client:
         type: Literal["internal", "external"] | None = None,
         disks: list[DiskChoice] | None = None,
         config: SnapshotConfig | None = None,
+        request_id: str | None = None,
+        requested_by: str | None = None,
     ) -> str:
         """Enqueue a snapshot create; returns the job id. The name defaults to the epoch
         second, fixed here so a redelivered message cannot make a second snapshot."""
@@ -115,33 +134,102 @@ class Client:
             "host": host, "name": name or str(int(now)), "submitted_at": now,
             "description": description, "disk_only": disk_only, "memory_file": memory_file,
             "type": type or "internal",
-            "disks": [d.model_dump() for d in disks] if disks is not None else None})
-        self._check_unlocked(info)
-        self.store.reserve_name(info.uuid, req.name, req.job_id)
-        try:
-            return self._enqueue(req)
-        except BaseException:
-            self.store.release_name(info.uuid, req.name, req.job_id)
-            raise
+            "disks": [d.model_dump() for d in disks] if disks is not None else None,
+            "request_id": request_id, "requested_by": requested_by or os_user()})
+
+        def submit() -> str:
+            self._check_unlocked(info)
+            self.store.claim_name(info.uuid, req.name, req.job_id)
+            try:
+                return self._enqueue(req)
+            except BaseException:
+                self.store.release_name(info.uuid, req.name, req.job_id)
+                raise
+
+        return self._once(req, submit)
 
     def revert(self, domain: str, name: str,
-               start: Literal["running", "paused"] | None = None) -> str:
+               start: Literal["running", "paused"] | None = None, *,
+               request_id: str | None = None, requested_by: str | None = None) -> str:
         host, info = self.resolve(domain)
         req: RevertRequest = parse_model(RevertRequest, {
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
-            "host": host, "name": name, "submitted_at": time.time(), "start": start})
-        self.store.get_snapshot(info.uuid, req.name)
-        self._check_unlocked(info)
-        return self._enqueue(req)
+            "host": host, "name": name, "submitted_at": time.time(), "start": start,
+            "request_id": request_id, "requested_by": requested_by or os_user()})
 
-    def delete(self, domain: str, name: str) -> str:
+        def submit() -> str:
+            self.store.get_snapshot(info.uuid, req.name)
+            self._check_unlocked(info)
+            return self._enqueue(req)
+
+        return self._once(req, submit)
+
+    def delete(self, domain: str, name: str, *, request_id: str | None = None,
+               requested_by: str | None = None) -> str:
         host, info = self.resolve(domain)
         req: DeleteRequest = parse_model(DeleteRequest, {
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
-            "host": host, "name": name, "submitted_at": time.time()})
-        self.store.get_snapshot(info.uuid, req.name)
-        self._check_unlocked(info)
-        return self._enqueue(req)
+            "host": host, "name": name, "submitted_at": time.time(),
+            "request_id": request_id, "requested_by": requested_by or os_user()})
+
+        def submit() -> str:
+            self.store.get_snapshot(info.uuid, req.name)
+            self._check_unlocked(info)
+            return self._enqueue(req)
+
+        return self._once(req, submit)
+
+    def _once(self, req: AnyRequest, submit: Callable[[], str]) -> str:
+        """Submit ``req`` unless its request id was seen: then the first request's job id.
+
+        The request id is claimed first (SET NX); if this submission then fails before
+        its job exists, the claim is dropped again so a retry can go through."""
+        if req.request_id is None:
+            return submit()
+        first = self.store.claim_request(req.request_id, req.job_id)
+        if first is not None:
+            return self._same_request(first, req)
+        try:
+            return submit()
+        except BaseException:
+            self.store.release_request(req.request_id, req.job_id)
+            raise
+
+    def _same_request(self, job_id: str, req: AnyRequest) -> str:
+        """The first job of a repeated request id; a different request with it is a
+        conflict (a caller's bug, never silently the wrong job)."""
+        try:
+            first = self.store.get_job(job_id)
+        except DomsnapError:
+            return job_id  # the first submitter has claimed the id but not written its job yet
+        if (first.op, first.domain, first.name) != (req.op, req.domain, req.name):
+            raise Conflict(f"request_id {req.request_id!r} was already used by job {job_id} "
+                           f"({first.op} of {first.name!r} on {first.domain_name or first.domain})",
+                           field="request_id", job_id=job_id)
+        return job_id
+
+    def cancel(self, job_id: str, *, requested_by: str | None = None) -> JobRecord:
+        """Cancel a job: a queued one fails at once (it never runs; a create's name is
+        released); a running one is stopped at its next safe point and rolled back by its
+        worker. Returns the job record as it is now. Conflict if the job has ended."""
+        from domsnap.errors import Cancelled
+
+        job = self.store.get_job(job_id, follow=True)
+        if job.state in ("succeeded", "failed"):
+            raise Conflict(f"job {job.job_id} has ended ({job.state}); nothing to cancel",
+                           job_id=job.job_id)
+        who = requested_by or os_user()
+        self.store.request_cancel(job.job_id)
+        err = Cancelled(f"cancelled by {who} before it ran", job_id=job.job_id)
+        ended = self.store.fail_if_queued(job.job_id, err.to_dict())
+        if ended is not None and job.op == "create":
+            self.store.release_name(job.domain, job.name, job.job_id)
+        state = "cancelled" if ended is not None else "requested"
+        self.store.add_audit(AuditEntry(
+            ts=time.time(), who=who, op="cancel", outcome="succeeded" if ended else "requested",
+            host=job.host, domain=job.domain, name=job.name, job_id=job.job_id,
+            details={"job_op": job.op, "was": job.state, "cancel": state}))
+        return ended or self.store.get_job(job.job_id)
 
     def _app(self) -> Any:
         """This client's Celery app (its own broker settings), made on first use."""
@@ -172,12 +260,64 @@ class Client:
             raise BackendError(f"could not enqueue the request: {exc}") from exc
         return req.job_id
 
+    # ------------------------------------------------------------ fsck, audit
+
+    def fsck(self, *, domain: str | None = None, host: str | None = None, repair: bool = False,
+             timeout: float = 600.0, requested_by: str | None = None) -> list[FsckReport]:
+        """Run fsck on the host(s) that own the files, through their queues: one domain
+        (on its owning host), one host, or every live host. One report per host."""
+        from domsnap.errors import HostUnavailable
+        from workers.routing import TASK_FSCK, host_queue
+
+        targets: list[tuple[str, str | None]]
+        if domain is not None:
+            owner, info = self.resolve(domain)
+            targets = [(owner, info.uuid)]
+        elif host is not None:
+            if not self.store.host_alive(host):
+                raise HostUnavailable(f"host {host} has no live worker", host=host)
+            targets = [(host, None)]
+        else:
+            targets = [(h, None) for h in self.store.hosts() if self.store.host_alive(h)]
+        app = self._app()
+        pending = []
+        for h, uuid in targets:
+            req: FsckRequest = parse_model(FsckRequest, {
+                "job_id": str(uuidlib.uuid4()), "host": h, "domain": uuid, "repair": repair,
+                "requested_by": requested_by or os_user()})
+            try:
+                pending.append(app.send_task(TASK_FSCK, args=[req.model_dump(mode="json")],
+                                             queue=host_queue(h), task_id=req.job_id))
+            except Exception as exc:  # the broker boundary
+                raise BackendError(f"could not enqueue fsck for {h}: {exc}") from exc
+        reports = []
+        deadline = time.monotonic() + timeout
+        for res in pending:
+            try:
+                out = res.get(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # celery's TimeoutError, a task that raised
+                if type(exc).__name__ == "TimeoutError":
+                    raise OperationTimeout(f"fsck did not answer within {timeout} s") from exc
+                raise BackendError(f"fsck failed on its host: {exc}") from exc
+            finally:
+                res.forget()
+            if isinstance(out, dict) and "error" in out:
+                from domsnap.errors import from_dict
+
+                raise from_dict(out["error"])
+            reports.append(parse_model(FsckReport, out))
+        return reports
+
+    def audit(self, limit: int = 50) -> list[AuditEntry]:
+        return self.store.audit(limit)
+
     # ------------------------------------------------------------ waiting
 
     def wait(self, job_id: str, *, timeout: float | None = None,
              on_event: EventHandler | None = None, interval: float = 0.1) -> JobRecord:
         """Block until the job ends; ``on_event`` sees each progress event once."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        job_id = self.store.get_job(job_id, follow=True).job_id  # a repeated request id
         seen = 0
         while True:
             if on_event is not None:
@@ -185,7 +325,7 @@ class Client:
                 for ev in events:
                     on_event(ev)
                 seen += len(events)
-            job = self.store.get_job(job_id)
+            job = self.store.get_job(job_id, follow=True)
             if job.state in ("succeeded", "failed"):
                 if on_event is not None:
                     for ev in self.store.events(job_id, seen):

@@ -25,6 +25,7 @@ caught, at exactly one boundary each::
      │    └── StoreUnavailable        Redis could not be reached
      ├── OperationTimeout
      └── OperationFailed              a job ended in failure (carries the worker's error)
+          └── Cancelled               the job was cancelled (domsnap job-cancel)
 
 Errors cross the queue as JSON (:meth:`DomsnapError.to_dict` /
 :func:`from_dict`): never pickled.
@@ -219,6 +220,10 @@ class OperationTimeout(DomsnapError):
 class OperationFailed(DomsnapError):
     code = "operation_failed"
     exit_code = 10
+
+
+class Cancelled(OperationFailed):
+    code = "cancelled"
 
 
 _BY_CODE: dict[str, type[DomsnapError]] = {}

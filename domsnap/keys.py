@@ -39,6 +39,15 @@ class Keys:
     def job_events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}:events"
 
+    def job_cancel(self, job_id: str) -> str:
+        """string: set when someone asked to cancel the job (the engine checks it)."""
+        return f"{self.prefix}:job:{{{job_id}}}:cancel"
+
+    # one caller's request id
+    def request(self, request_id: str) -> str:
+        """string: job id of the first request that carried this request id."""
+        return f"{self.prefix}:request:{{{request_id}}}"
+
     # one host
     def inventory(self, host: str) -> str:
         return f"{self.prefix}:host:{{{host}}}:inventory"
@@ -60,6 +69,11 @@ class Keys:
     def index_name(self) -> str:
         """hash: domain name -> domain uuid."""
         return f"{self.prefix}:index:name"
+
+    @property
+    def audit(self) -> str:
+        """stream (capped): the audit log of every mutating operation."""
+        return f"{self.prefix}:audit"
 
     @property
     def seq(self) -> str:

@@ -29,6 +29,7 @@ from domsnap.errors import (
 )
 from domsnap.keys import Keys
 from schemas.models import (
+    AuditEntry,
     DomainInfo,
     HostInventory,
     JobEvent,
@@ -45,6 +46,17 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'exists' end
 local owner = redis.call('HGET', KEYS[2], ARGV[1])
 if owner and owner ~= ARGV[2] then return 'reserved:' .. owner end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 'ok'
+"""
+# The same claim for submitters: KEYS: reserved. ARGV: name, job_id, snapshots key (same
+# hash tag, so the same slot). Only ``reserved`` is declared, because EVAL needs
+# read+write ACL permission on every declared key and a control plane's ACL user may
+# only read the records (docs/acl.md); the inner HEXISTS is checked as a read.
+_CLAIM = """
+if redis.call('HEXISTS', ARGV[3], ARGV[1]) == 1 then return 'exists' end
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if owner and owner ~= ARGV[2] then return 'reserved:' .. owner end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 'ok'
 """
 # KEYS: lock. ARGV: job_id, ttl
@@ -101,6 +113,7 @@ class Store:
         self.keys = Keys(prefix)
         self.job_ttl_s = job_ttl_s
         self._reserve = client.register_script(_RESERVE)
+        self._claim = client.register_script(_CLAIM)
         self._acquire = client.register_script(_ACQUIRE)
         self._del_if = client.register_script(_DEL_IF)
         self._hdel_if = client.register_script(_HDEL_IF)
@@ -118,6 +131,18 @@ class Store:
         """Claim a snapshot name for a create; a redelivered create (same job) passes."""
         res = str(self._reserve(keys=[self.keys.snapshots(uuid), self.keys.reserved(uuid)],
                                 args=[name, job_id]))
+        self._name_claimed(res, uuid, name)
+
+    @_translated
+    def claim_name(self, uuid: str, name: str, job_id: str) -> None:
+        """:meth:`reserve_name` for submitters (the client): same checks, atomically, but
+        runs with an ACL user that cannot write snapshot records (docs/acl.md)."""
+        res = str(self._claim(keys=[self.keys.reserved(uuid)],
+                              args=[name, job_id, self.keys.snapshots(uuid)]))
+        self._name_claimed(res, uuid, name)
+
+    @staticmethod
+    def _name_claimed(res: str, uuid: str, name: str) -> None:
         if res == "exists":
             raise SnapshotExists(f"snapshot {name!r} already exists", name=name, domain=uuid)
         if res.startswith("reserved:"):
@@ -216,11 +241,16 @@ class Store:
                                nx=True, ex=self.job_ttl_s))
 
     @_translated
-    def get_job(self, job_id: str) -> JobRecord:
+    def get_job(self, job_id: str, *, follow: bool = False) -> JobRecord:
+        """A job's record. ``follow``: a job that repeated another's request id
+        (``duplicate_of``) is read as that job (what submitters want; workers never)."""
         raw = self.r.get(self.keys.job(job_id))
         if raw is None:
             raise UnknownJob(f"no job {job_id} (unknown, or its result expired)", job_id=job_id)
-        return _load(JobRecord, raw, f"job {job_id}")
+        job = _load(JobRecord, raw, f"job {job_id}")
+        if follow and job.duplicate_of and job.duplicate_of != job_id:
+            return self.get_job(job.duplicate_of, follow=False)
+        return job
 
     @_translated
     def update_job(self, job_id: str, **changes: Any) -> JobRecord:
@@ -244,6 +274,69 @@ class Store:
                     return job
                 except redis.WatchError:
                     continue
+
+    @_translated
+    def claim_request(self, request_id: str, job_id: str) -> str | None:
+        """Map a caller's request id to a job (SET NX, for the job TTL): None if this job
+        now owns it (or owned it already), else the job id of the first request."""
+        key = self.keys.request(request_id)
+        if self.r.set(key, job_id, nx=True, ex=self.job_ttl_s):
+            return None
+        owner = self.r.get(key)
+        if owner is None:  # expired in between: claim again
+            return self.claim_request(request_id, job_id)
+        return None if str(owner) == job_id else str(owner)
+
+    @_translated
+    def release_request(self, request_id: str, job_id: str) -> None:
+        """Drop the mapping if it is this job's (its submission failed before the job)."""
+        self._del_if(keys=[self.keys.request(request_id)], args=[job_id])
+
+    @_translated
+    def request_cancel(self, job_id: str) -> None:
+        self.r.set(self.keys.job_cancel(job_id), "1", ex=self.job_ttl_s)
+
+    @_translated
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.keys.job_cancel(job_id)))
+
+    @_translated
+    def fail_if_queued(self, job_id: str, error: dict[str, Any]) -> JobRecord | None:
+        """Fail a job that is still queued, atomically (WATCH); None if it was not queued."""
+        key = self.keys.job(job_id)
+        with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise UnknownJob(f"no job {job_id}", job_id=job_id)
+                    job = _load(JobRecord, raw, f"job {job_id}")
+                    if job.state != "queued":
+                        pipe.unwatch()
+                        return None
+                    job = JobRecord.model_validate({**job.model_dump(), "state": "failed",
+                                                    "finished_at": time.time(), "error": error})
+                    pipe.multi()
+                    pipe.set(key, job.model_dump_json(), ex=self.job_ttl_s)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+    @_translated
+    def add_audit(self, entry: AuditEntry, *, maxlen: int = 100_000,
+                  approximate: bool = True) -> None:
+        """Append to the capped audit stream (XADD MAXLEN ~ maxlen: Redis trims whole
+        macro nodes, so it may hold a few more; the host's JSONL file keeps everything)."""
+        self.r.xadd(self.keys.audit, {"entry": entry.model_dump_json()}, maxlen=maxlen,
+                    approximate=approximate)
+
+    @_translated
+    def audit(self, limit: int = 50) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries, oldest first."""
+        rows = self.r.xrevrange(self.keys.audit, count=limit)
+        return [_load(AuditEntry, f["entry"], "audit entry") for _, f in reversed(rows)]
 
     @_translated
     def add_event(self, job_id: str, step: str, message: str,

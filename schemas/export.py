@@ -21,7 +21,16 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.config import DomainConfig, SnapshotConfig
-from schemas.models import HostInventory, JobEvent, JobRecord, Request, SnapshotRecord
+from schemas.models import (
+    AuditEntry,
+    FsckReport,
+    FsckRequest,
+    HostInventory,
+    JobEvent,
+    JobRecord,
+    Request,
+    SnapshotRecord,
+)
 
 BASE_ID = "https://domsnap.invalid/schemas/"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -46,6 +55,10 @@ SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     "inventory.schema.json": ("domsnap host inventory", _model(HostInventory)),
     "snapshot-config.schema.json": ("domsnap xl.snapshot.cfg", _model(SnapshotConfig)),
     "domain-config.schema.json": ("domsnap domain config (xl.cfg subset)", _model(DomainConfig)),
+    "fsck-request.schema.json": ("domsnap fsck request (task domsnap.fsck on a host queue)",
+                                 _model(FsckRequest)),
+    "fsck-report.schema.json": ("domsnap fsck report", _model(FsckReport)),
+    "audit.schema.json": ("domsnap audit log entry", _model(AuditEntry)),
 }
 
 

@@ -15,6 +15,9 @@ from schemas import SCHEMA_VERSION
 from schemas.config import DiskFormat, DomainConfig, SnapshotType
 
 SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# a caller's idempotency key, and who asked (an OS user, a service account, an e-mail)
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+REQUESTED_BY_RE = re.compile(r"^[A-Za-z0-9_.@:+/=-]{1,128}$")
 # suspended: shut down for a suspend and not resumed (what an `xl save` that died leaves:
 # vCPUs frozen, memory and device model intact); shutdown: shut down for another reason
 # but not destroyed yet, so its device model may still hold the images
@@ -39,6 +42,19 @@ def check_uuid(value: str) -> str:
         return str(_uuid.UUID(value))
     except ValueError:
         raise ValueError(f"not a UUID: {value!r}") from None
+
+
+def check_request_id(value: str | None) -> str | None:
+    if value is not None and not REQUEST_ID_RE.fullmatch(value):
+        raise ValueError(f"invalid request_id {value[:40]!r}: use 1-128 of A-Z a-z 0-9 _ . : -")
+    return value
+
+
+def check_requested_by(value: str | None) -> str | None:
+    if value is not None and not REQUESTED_BY_RE.fullmatch(value):
+        raise ValueError(f"invalid requested_by {value[:40]!r}: use 1-128 of "
+                         "A-Z a-z 0-9 _ . @ : + / = -")
+    return value
 
 
 class _Versioned(BaseModel):
@@ -80,9 +96,19 @@ class _Request(_Versioned):
                       json_schema_extra={"pattern": SNAPSHOT_NAME_RE.pattern,
                                          "not": {"enum": [".", ".."]}})
     submitted_at: float = 0.0
+    request_id: str | None = Field(
+        default=None, description="the caller's idempotency key: submitting a request with "
+        "the same request_id again gives the job of the first one (for the job TTL)",
+        json_schema_extra={"pattern": REQUEST_ID_RE.pattern})
+    requested_by: str | None = Field(
+        default=None, description="who asked (for the audit log): a user or service name",
+        json_schema_extra={"pattern": REQUESTED_BY_RE.pattern})
 
     _uuid_fields = field_validator("job_id", "domain")(check_uuid)
     _name = field_validator("name")(check_snapshot_name)
+
+    _request_id = field_validator("request_id")(check_request_id)
+    _requested_by = field_validator("requested_by")(check_requested_by)
 
 
 class DiskChoice(BaseModel):
@@ -241,6 +267,11 @@ class JobRecord(_Versioned):
     finished_at: float | None = None
     error: ErrorInfo | None = None
     result: dict[str, Any] | None = None
+    request_id: str | None = None
+    requested_by: str | None = None
+    duplicate_of: str | None = Field(
+        default=None, description="this submission repeated the request_id of job "
+        "duplicate_of: it was not run; read that job instead")
 
     @classmethod
     def queued(cls, req: CreateRequest | RevertRequest | DeleteRequest,
@@ -248,7 +279,8 @@ class JobRecord(_Versioned):
         """The record of a request that has just been accepted."""
         return cls(job_id=req.job_id, op=req.op, domain=req.domain,
                    domain_name=req.domain_name, host=req.host, name=req.name,
-                   submitted_at=req.submitted_at or submitted_at)
+                   submitted_at=req.submitted_at or submitted_at, request_id=req.request_id,
+                   requested_by=req.requested_by)
 
 
 class JobEvent(_Versioned):
@@ -258,3 +290,86 @@ class JobEvent(_Versioned):
     step: str
     message: str
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- fsck and audit
+
+
+FsckKind = Literal[
+    "record_missing",  # a sidecar no Redis record matches
+    "sidecar_missing",  # a Redis record of this host without its sidecar
+    "record_mismatch",  # Redis record and sidecar differ
+    "file_missing",  # a file a record names does not exist
+    "internal_missing",  # an internal snapshot a record names is not in its image
+    "format_mismatch",  # the format recorded is not what qemu-img says
+    "backing_mismatch",  # an overlay's backing file or format is not what the record says
+    "orphan_file",  # a file in the snapshot dir that nothing names or needs
+    "orphan_internal",  # an internal snapshot no record names
+    "current_mismatch",  # the current pointer is missing, dangling or disagrees
+    "parent_missing",  # a record's parent is no snapshot
+    "unreadable",  # qemu-img could not read an image, or a sidecar does not parse
+]
+
+
+class FsckFinding(BaseModel):
+    kind: FsckKind
+    domain: str
+    message: str
+    snapshot: str | None = None
+    path: str | None = None
+    repairable: bool = False
+    repaired: bool = False
+    action: str | None = Field(default=None, description="what --repair did (or would do)")
+
+
+class FsckRequest(_Versioned):
+    """Body of ``domsnap.fsck`` on a host's queue: check one domain or all of the host's."""
+
+    job_id: str = Field(json_schema_extra={"format": "uuid"})
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.-]+$")
+    domain: str | None = Field(default=None, json_schema_extra={"format": "uuid"})
+    repair: bool = False
+    requested_by: str | None = Field(default=None,
+                                     json_schema_extra={"pattern": REQUESTED_BY_RE.pattern})
+
+    _job = field_validator("job_id")(check_uuid)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str | None) -> str | None:
+        return None if value is None else check_uuid(value)
+
+    _requested_by = field_validator("requested_by")(check_requested_by)
+
+
+class FsckReport(_Versioned):
+    host: str
+    repair: bool
+    domains: list[str] = Field(default_factory=list, description="domains checked")
+    skipped: dict[str, str] = Field(default_factory=dict,
+                                    description="domain -> why it was not checked")
+    findings: list[FsckFinding] = Field(default_factory=list)
+
+    @property
+    def remaining(self) -> list[FsckFinding]:
+        return [f for f in self.findings if not f.repaired]
+
+
+AuditOp = Literal["create", "revert", "delete", "cancel", "fsck-repair", "domain-create",
+                  "domain-start", "domain-destroy", "domain-undefine", "domain-pause",
+                  "domain-unpause"]
+
+
+class AuditEntry(_Versioned):
+    """One mutating operation: who, what, when, outcome (Redis stream + host JSONL)."""
+
+    ts: float
+    who: str
+    op: AuditOp
+    outcome: Literal["succeeded", "failed", "requested"]
+    host: str | None = None
+    domain: str | None = None
+    name: str | None = None
+    job_id: str | None = None
+    error: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)

@@ -102,3 +102,27 @@ def run_revert(body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
 @app.task(name=TASK_RUN_DELETE)
 def run_delete(body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     return delete.run_delete(current_host(), DeleteRequest.model_validate(body), plan)
+
+
+# ---------------------------------------------------------------- fsck (issue 7)
+
+from workers.routing import TASK_FSCK  # noqa: E402 - kept with its task
+
+
+@app.task(name=TASK_FSCK)
+def fsck(body: dict[str, Any]) -> dict[str, Any]:
+    """Check (and with ``repair`` fix) this host's records and files: an FsckReport, or
+    ``{"error": ...}`` for a body that does not validate."""
+    from domsnap.validation import parse_model
+    from schemas.models import FsckRequest
+    from workers.engine.fsck_run import run_fsck
+
+    try:
+        req = parse_model(FsckRequest, body)
+        if req.host != current_host().name:
+            from domsnap.errors import Refused
+
+            raise Refused(f"fsck for host {req.host} reached host {current_host().name}")
+        return run_fsck(current_host(), req).model_dump(mode="json")
+    except DomsnapError as exc:
+        return {"error": exc.to_dict()}

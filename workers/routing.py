@@ -19,6 +19,7 @@ TASK_CREATE = "domsnap.create"
 TASK_REVERT = "domsnap.revert"
 TASK_DELETE = "domsnap.delete"
 ENTRY_TASKS = {"create": TASK_CREATE, "revert": TASK_REVERT, "delete": TASK_DELETE}
+TASK_FSCK = "domsnap.fsck"  # on the host's new-work queue; returns an FsckReport
 
 # Internal continuation tasks (always on the in-flight queue).
 TASK_LIVE = "domsnap.step.capture"

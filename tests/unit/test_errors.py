@@ -57,6 +57,7 @@ def samples() -> list[DomsnapError]:
         E.StoreUnavailable("Redis: Error 111 connecting to 127.0.0.1:1."),
         E.OperationTimeout("job j did not finish within 60 s", job_id="j"),
         E.OperationFailed("create failed", job_id="j", error={"code": "qmp"}),
+        E.Cancelled("create of 's1' cancelled before the capture", job_id="j"),
     ]
 
 
@@ -105,7 +106,7 @@ def test_exit_codes() -> None:
         E.HostUnavailable: 6,
         E.SchemaMismatch: 7, E.BackendError: 8, CommandFailed: 8, QMPError: 8,
         E.StoreUnavailable: 8, E.XlParseError: 8, E.OperationTimeout: 9,
-        E.OperationFailed: 10,
+        E.OperationFailed: 10, E.Cancelled: 10,
     }
     assert set(expected) == set(all_classes())
     for cls, code in expected.items():

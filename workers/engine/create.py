@@ -116,6 +116,7 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
     disks = _ops(plan)
     captured = False
     try:
+        jobs.check_cancel(host, req, "before the capture")
         host.files.domain_dir(req.domain)  # memory file, default overlays, sidecar
         emit("capture", f"snapshotting {len(disks)} disk(s)" +
              (" and memory" if memory else ""))
@@ -124,6 +125,7 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
         captured = True
         host.files.clear_pausing(req.domain, req.job_id)
         emit("resumed", f"domain back to {live.domain_state}; paused {live.pause_ms} ms")
+        jobs.check_cancel(host, req, "after the capture; its disk snapshots were removed")
         # all disks went in one atomic transaction: each took the transaction's time
         result = commit(host, req, plan, disk_ms={d.vdev: live.disks_ms for d in disks},
                         pause_ms=live.pause_ms,
@@ -146,6 +148,7 @@ def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> di
     try:
         if host.driver.is_active(req.domain):
             raise Refused("the domain started while its disks were being snapshotted offline")
+        jobs.check_cancel(host, req, "before this disk")
         host.files.domain_dir(req.domain)
         take_offline(host.img, host.lvm, op, req.name)
         ms = round((time.monotonic() - t0) * 1000, 3)
@@ -161,6 +164,7 @@ def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> di
 def finish_offline(host: Host, req: CreateRequest, plan: dict[str, Any],
                    results: list[dict[str, Any]]) -> dict[str, Any]:
     try:
+        jobs.check_cancel(host, req, "after its disk steps; they were rolled back")
         failed = [r for r in results if not r.get("ok")]
         if failed:
             raise OperationFailed("; ".join(f"{r['vdev']}: {r['error']}" for r in failed))

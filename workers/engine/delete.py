@@ -105,6 +105,7 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
 def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str, Any]:
     emit = jobs.progress_for(host, req.job_id)
     try:
+        jobs.check_cancel(host, req, "before it touched the domain")
         renames: dict[str, tuple[str, str]] = {}
         for step in plan["steps"]:
             op = step["op"]

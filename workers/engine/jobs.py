@@ -14,9 +14,18 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from domsnap.errors import DomsnapError, OperationFailed, OperationTimeout
+from domsnap.errors import (
+    Cancelled,
+    DomsnapError,
+    OperationFailed,
+    OperationTimeout,
+    StoreUnavailable,
+)
 from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, RevertRequest
+from workers.engine import audit
+from workers.engine.requests import duplicate_submission
 from workers.host import Host
+from workers.hostio.currentfile import write_current
 
 AnyRequest = CreateRequest | RevertRequest | DeleteRequest
 Progress = Callable[[str, str], None]
@@ -35,6 +44,9 @@ def progress_for(host: Host, job_id: str) -> Progress:
 def ensure_job(host: Host, req: AnyRequest) -> JobRecord:
     """The job record; created here when a control plane enqueued the message directly."""
     job = JobRecord.queued(req, time.time())
+    dup = duplicate_submission(host.store, req, job)
+    if dup is not None:
+        return dup  # it repeats an earlier request's request_id: that job is the answer
     if host.store.create_job(job):
         return job
     return host.store.get_job(req.job_id)
@@ -52,6 +64,7 @@ def wait_for_gate(host: Host, req: AnyRequest, emit: Progress) -> None:
     while True:
         others = {d: j for d, j in host.files.pausing_jobs().items() if j != req.job_id}
         if not others or time.monotonic() > deadline:
+            check_cancel(host, req, "while it waited to be admitted")
             return
         if not announced:
             emit("queued", f"waiting for {len(others)} pausing operation(s) on this host")
@@ -59,8 +72,20 @@ def wait_for_gate(host: Host, req: AnyRequest, emit: Progress) -> None:
         time.sleep(0.01)
 
 
+def check_cancel(host: Host, req: AnyRequest, where: str) -> None:
+    """A safe point: raise Cancelled if someone asked to cancel the job (job-cancel).
+    Redis unreachable here means no cancel can be seen: the job goes on."""
+    try:
+        wanted = host.store.cancel_requested(req.job_id)
+    except StoreUnavailable:
+        return
+    if wanted:
+        raise Cancelled(f"{req.op} of {req.name!r} cancelled {where}", job_id=req.job_id)
+
+
 def start(host: Host, req: AnyRequest, *, pausing: bool, plan: dict[str, Any]) -> None:
     """Take the lock, write the journal, mark the job running."""
+    check_cancel(host, req, "before it was admitted")
     host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
     host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
                                           "plan": plan, "step": "admitted"})
@@ -99,7 +124,21 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
         progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
         host.store.update_job(req.job_id, state=state, finished_at=time.time(), result=result,
                               error=error)
+        if state == "succeeded":
+            _note_current(host, req)
+        audit.record(host.settings, host.store, who=req.requested_by or "unknown", op=req.op,
+                     outcome=state, domain=req.domain, name=req.name, job_id=req.job_id,
+                     error=error.code if error else None)
     host.files.remove_journal(req.job_id)
+
+
+def _note_current(host: Host, req: AnyRequest) -> None:
+    """Keep the host's copy of the ``current`` pointer (fsck rebuilds Redis's from it)."""
+    try:
+        name = req.name if req.op != "delete" else host.store.current(req.domain)
+        write_current(host.settings.state_dir, req.domain, name)
+    except (DomsnapError, OSError):
+        pass  # fsck reports and repairs a host copy that lags
 
 
 def _jsonable(details: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,7 @@ def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str
     made: list[str] = []
     switched = False
     try:
+        jobs.check_cancel(host, req, "before it touched the domain")
         host.files.domain_dir(req.domain)
         if host.driver.is_active(req.domain):
             emit("stop", "stopping the domain")
