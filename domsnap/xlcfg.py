@@ -449,7 +449,8 @@ def _snapshot_disk(entry: str, file_type: SnapshotType) -> SnapshotDiskChoice:
     got: dict[str, str] = {}
     for i, (key, value) in enumerate(_split_spec(entry)):
         if key is None and i > 0:
-            raise ValueError(f"unexpected value {_short(value)} (use vdev=, type=, format=, target=)")
+            raise ValueError(f"unexpected value {_short(value)} "
+                             "(use vdev=, type=, format=, target=)")
         key = key or "vdev"
         if key not in ("vdev", "type", "format", "target"):
             raise ValueError(f"unknown parameter {_short(key)}")
@@ -496,18 +497,21 @@ def parse_snapshot_config(text: str, *, path: str | None = None) -> SnapshotConf
         if "/" in name:
             raise doc.err("name", f"invalid snapshot name {_short(name)}: must not contain '/'")
         if not _SNAPSHOT_NAME_RE.match(name) or name in (".", ".."):
-            raise doc.err("name", f"invalid snapshot name {_short(name)} (1-128 of A-Z a-z 0-9 _ . : -)")
+            raise doc.err("name", f"invalid snapshot name {_short(name)} "
+                          "(1-128 of A-Z a-z 0-9 _ . : -)")
         config.name = name
     config.description = doc.str_("description")
     memory = doc.str_("memory")
     if memory is not None:
         if memory not in ("yes", "no") and not memory.startswith("/"):
-            raise doc.err("memory", f'must be "yes", "no" or an absolute path, not {_short(memory)}')
+            raise doc.err("memory",
+                          f'must be "yes", "no" or an absolute path, not {_short(memory)}')
         config.memory = {"yes": True, "no": False}.get(memory, memory)
     snap_type = doc.str_("type")
     if snap_type is not None:
         if snap_type not in _SNAP_TYPES:
-            raise doc.err("type", f"unknown snapshot type {_short(snap_type)} (internal or external)")
+            raise doc.err("type", f"unknown snapshot type {_short(snap_type)} "
+                          "(internal or external)")
         config.type = _SNAP_TYPES[snap_type]
     entries = doc.strings("disk")
     if entries is not None:
@@ -526,10 +530,17 @@ def parse_snapshot_config(text: str, *, path: str | None = None) -> SnapshotConf
 # --------------------------------------------------------------------------- files
 
 
+MAX_CONFIG_BYTES = 1 << 20  # an xl config is a few lines; more is not a config file
+
+
 def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigFileError(f"larger than {MAX_CONFIG_BYTES} characters: not a config "
+                                  "file", path=path)
+        return text
     except UnicodeDecodeError as exc:
         raise ConfigFileError(f"not UTF-8 text (byte {exc.start})", path=path) from None
     except OSError as exc:
