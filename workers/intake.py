@@ -156,7 +156,7 @@ def check_task_message(app: Any, host: str, headers: Any, content_type: Any,
     if not task_name.startswith("domsnap.") or task_name not in app.tasks:
         raise BadMessage(f"unknown task {_excerpt(task_name)}")
     queues = {host_queue(host), inflight_queue(host)}
-    if routing_key not in queues:
+    if not isinstance(routing_key, str) or routing_key not in queues:
         raise BadMessage(f"came from {_excerpt(routing_key)}, not a queue of host {host}")
     if is_internal(task_name) and routing_key != inflight_queue(host):
         raise BadMessage(f"{task_name} is an internal step: it runs only from the in-flight "
