@@ -130,7 +130,7 @@ def _short(value: object, limit: int = 60) -> str:
 
 def _describe(tok: _Tok) -> str:
     names = {"str": "a string", "nl": "end of line", "eof": "end of file"}
-    return names.get(tok.kind, repr(tok.text))
+    return names.get(tok.kind, _short(tok.text))
 
 
 class _Parser:

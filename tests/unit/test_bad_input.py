@@ -6,7 +6,10 @@ intake checks of workers.intake) and the bad xl config files (through the real p
 The strategies are shared with tests/integration/test_bad_messages.py, which sends a
 sample of them through the real queue to a real worker.
 
-Budget: the in-process bulk here is ~8,000 generated cases in a few seconds.
+Budget (issue 7 asks for 10,000 generated cases in CI in all): here 8,200 in-process
+(2,000 bodies, 1,500 task messages, 2,000 envelopes, 2,700 config texts), 1,800 CLI
+runs in test_bad_input_cli.py, a sample through the real queue in the integration
+suite; about 20 s of CPU together.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ JOB = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 DOM = "4d7dea0d-7a6f-43eb-b256-340075ce6ec9"
 MODELS: dict[str, type[CreateRequest] | type[RevertRequest] | type[DeleteRequest]] = {
     "create": CreateRequest, "revert": RevertRequest, "delete": DeleteRequest}
-FAST = settings(max_examples=1500, deadline=None, derandomize=True,
+FAST = settings(max_examples=2000, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
@@ -354,7 +357,7 @@ _cfg_atoms = st.one_of(
 config_texts = st.lists(_cfg_atoms, max_size=40).map("".join)
 
 
-@settings(max_examples=2000, deadline=None, derandomize=True,
+@settings(max_examples=2700, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(config_texts, st.booleans())
 def test_config_parser_never_crashes(text: str, domain: bool) -> None:
