@@ -62,8 +62,11 @@ def check_envelope(raw: object) -> None:
     props = raw.get("properties")
     if not isinstance(props, dict):
         raise BadMessage("envelope has no 'properties' object")
-    if not isinstance(props.get("delivery_info"), dict):
+    info = props.get("delivery_info")
+    if not isinstance(info, dict):
         raise BadMessage("envelope has no 'properties.delivery_info' object")
+    if not isinstance(info.get("exchange", ""), str):
+        raise BadMessage("'properties.delivery_info.exchange' is not a string")
     if not isinstance(props.get("delivery_tag"), str | int) or isinstance(
             props.get("delivery_tag"), bool):
         raise BadMessage("envelope has no 'properties.delivery_tag'")
@@ -101,8 +104,14 @@ class RedisChannel(kombu_redis.Channel):
                 # not acting on it drops it for good.
                 log.error("rejected message on %s: %s: %s", queue, exc, _excerpt(raw))
                 return None
-            raw["properties"]["delivery_info"]["routing_key"] = queue  # where it came from
-            return inner(raw)
+            info = raw["properties"]["delivery_info"]
+            info["routing_key"] = queue  # where it really came from (the publisher wrote it)
+            info.setdefault("exchange", "")
+            try:
+                return inner(raw)
+            except Exception as exc:  # noqa: BLE001 - no message may stop the worker
+                log.exception("rejected message on %s: %s: %s", queue, type(exc).__name__, exc)
+                return None
 
         self.connection._callbacks[queue] = on_raw
         return ret

@@ -147,6 +147,9 @@ def _bad_messages(cluster: Cluster, h: HostHandle, dom: Domain) -> list[Callable
         lpush(_envelope(h, "!!!not base64")),
         lpush(_envelope(h, base64.b64encode(b"[[{}], {}, {}]").decode(), properties=[])),
         lpush(_envelope(h, base64.b64encode(b"[[{}], {}, {}]").decode(), headers="odd")),
+        lpush(_envelope(h, "", properties={"delivery_tag": ["x"], "delivery_info": {}})),
+        lpush(_envelope(h, "", properties={"delivery_tag": "t", "body_encoding": "base64",
+                                           "delivery_info": {"exchange": ["x"]}})),
     ]
 
 

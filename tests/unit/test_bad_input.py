@@ -332,7 +332,10 @@ def test_a_well_formed_envelope_passes() -> None:
         _not_str, st.just({}), st.just({"delivery_tag": JOB}),
         st.just({"delivery_tag": JOB, "delivery_info": [], "body_encoding": "base64"}),
         st.just({"delivery_info": {}, "body_encoding": "base64"}),
-        st.just({"delivery_tag": JOB, "delivery_info": {}, "body_encoding": "rot13"}))),
+        st.just({"delivery_tag": JOB, "delivery_info": {}, "body_encoding": "rot13"}),
+        st.just({"delivery_tag": JOB, "delivery_info": {"exchange": []}}),
+        st.just({"delivery_tag": [JOB], "delivery_info": {}}),
+        st.just({"delivery_tag": True, "delivery_info": {}}))),
     st.builds(lambda h: _envelope(headers=h), st.one_of(st.lists(st.integers()), st.text(),
                                                         st.integers())),
     st.builds(lambda c: _envelope(**{"content-type": c}), st.one_of(
