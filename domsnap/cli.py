@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import sys
-from collections.abc import Callable
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 
-from domsnap.errors import DomsnapError, InvalidInput, from_dict
+from domsnap.errors import DomsnapError, InvalidInput, NotFound, OperationFailed, from_dict
 from domsnap.settings import get_settings, reset_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,6 +28,50 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _fail(exc: DomsnapError) -> None:
     click.echo(f"domsnap: error: {exc.message}", err=True)
     sys.exit(exc.exit_code)
+
+
+def _job_error(job: Any) -> DomsnapError:
+    """The error a failed job ended with (its exit code is the command's)."""
+    if job.error is None:
+        return OperationFailed(f"job {job.job_id} failed")
+    return from_dict(job.error.model_dump())
+
+
+@contextmanager
+def _as_typed(domain: str) -> Iterator[None]:
+    """Not-found errors say what the user typed (a domain name), not the uuid it was
+    resolved to; the uuid stays in the error's details."""
+    try:
+        yield
+    except NotFound as exc:
+        uuid = exc.details.get("domain")
+        if isinstance(uuid, str) and uuid and uuid != domain and uuid in exc.message:
+            exc.message = exc.message.replace(uuid, domain)
+            exc.args = (exc.message,)
+        raise
+
+
+def _positive_seconds(_ctx: click.Context, param: click.Parameter,
+                      value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a positive number of seconds",
+                                 param=param)
+    return value
+
+
+def _job_id_arg(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A job id as printed by domsnap (any UUID spelling is read as its canonical form)."""
+    try:
+        return str(uuidlib.UUID(value))
+    except ValueError:
+        raise click.BadParameter(f"{value[:80]!r} is not a job id (a UUID)",
+                                 param=param) from None
+
+
+def _start_flags(running: bool, paused: bool) -> str | None:
+    if running and paused:
+        raise click.UsageError("--running and --paused exclude each other: give one")
+    return "running" if running else "paused" if paused else None
 
 
 class _Group(click.Group):
@@ -79,8 +126,7 @@ def _wait_and_print(job_id: str, *, as_json: bool, timeout: float | None,
     if as_json:
         click.echo(_dumps(job.model_dump(mode="json")))
     if job.state == "failed":
-        assert job.error is not None
-        _fail(from_dict(job.error.model_dump()))
+        _fail(_job_error(job))
     if not as_json:
         click.echo(render(job.result or {}))
 
@@ -96,7 +142,8 @@ def _submitted(job_id: str, *, no_wait: bool, as_json: bool) -> bool:
 
 _wait_opts: list[Callable[[F], F]] = [
     click.option("--no-wait", is_flag=True, help="Print the job id and return at once."),
-    click.option("--timeout", type=float, default=None, help="Give up waiting after SECONDS."),
+    click.option("--timeout", type=float, default=None, callback=_positive_seconds,
+                 help="Give up waiting after SECONDS."),
     click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
 ]
 
@@ -111,7 +158,8 @@ def wait_options(fn: F) -> F:
 
 
 @main.command("snapshot-create")
-@click.option("-n", "--name", help="Snapshot name (default: the epoch second).")
+@click.option("-n", "--name", help="Snapshot name (default: the epoch second; an empty "
+              "name is an error).")
 @click.option("--disk-only", is_flag=True, help="Disks only, no memory state.")
 @click.option("-d", "--description", help="Free text kept with the snapshot.")
 @click.option("--type", "snap_type", type=click.Choice(["internal", "external"]),
@@ -129,9 +177,13 @@ def snapshot_create(name: str | None, disk_only: bool, description: str | None,
     """
     from domsnap.xlcfg import load_snapshot_config
 
+    if name is not None and not name:
+        raise InvalidInput("name: an empty snapshot name was given: give a name, or leave "
+                           "-n out for the epoch second", field="name")
     config = load_snapshot_config(config_file) if config_file else None
-    job_id = _client().create(domain, name=name, description=description, disk_only=disk_only,
-                              type=snap_type, config=config)
+    with _as_typed(domain):
+        job_id = _client().create(domain, name=name, description=description,
+                                  disk_only=disk_only, type=snap_type, config=config)
     if _submitted(job_id, no_wait=no_wait, as_json=as_json):
         return
 
@@ -146,7 +198,8 @@ def snapshot_create(name: str | None, disk_only: bool, description: str | None,
                          f"{d.get('duration_ms', 0):.1f} ms)")
         return "\n".join(lines)
 
-    _wait_and_print(job_id, as_json=as_json, timeout=timeout, render=render)
+    with _as_typed(domain):
+        _wait_and_print(job_id, as_json=as_json, timeout=timeout, render=render)
 
 
 @main.command("snapshot-list")
@@ -157,8 +210,9 @@ def snapshot_create(name: str | None, disk_only: bool, description: str | None,
 def snapshot_list(long_: bool, name: str | None, as_json: bool, domain: str) -> None:
     """List DOMAIN's snapshots (from Redis: no queue round trip)."""
     client = _client()
-    recs = [client.snapshot(domain, name)] if name else client.snapshots(domain)
-    current = client.current(domain)
+    with _as_typed(domain):
+        recs = [client.snapshot(domain, name)] if name is not None else client.snapshots(domain)
+        current = client.current(domain)
     if as_json:
         click.echo(_dumps({"current": current,
                            "snapshots": [r.model_dump(mode="json") for r in recs]}))
@@ -181,22 +235,24 @@ def snapshot_list(long_: bool, name: str | None, as_json: bool, domain: str) -> 
 
 @main.command("snapshot-revert")
 @click.option("-n", "--name", required=True, help="The snapshot to revert to.")
-@click.option("--running", "start", flag_value="running", help="Leave the domain running.")
-@click.option("--paused", "start", flag_value="paused", help="Leave the domain paused.")
+@click.option("--running", is_flag=True, help="Leave the domain running.")
+@click.option("--paused", is_flag=True, help="Leave the domain paused.")
 @wait_options
 @click.argument("domain")
-def snapshot_revert(name: str, start: str | None, no_wait: bool, timeout: float | None,
-                    as_json: bool, domain: str) -> None:
+def snapshot_revert(name: str, running: bool, paused: bool, no_wait: bool,
+                    timeout: float | None, as_json: bool, domain: str) -> None:
     """Bring DOMAIN back to the exact state of snapshot NAME (memory + disks).
 
     A disk-only snapshot reverts the disks and leaves the domain shut off unless
     --running or --paused.
     """
-    job_id = _client().revert(domain, name, start)
-    if _submitted(job_id, no_wait=no_wait, as_json=as_json):
-        return
-    _wait_and_print(job_id, as_json=as_json, timeout=timeout,
-                    render=lambda r: f"reverted to {r.get('name')}; domain {r.get('state')}")
+    start = _start_flags(running, paused)
+    with _as_typed(domain):
+        job_id = _client().revert(domain, name, start)
+        if _submitted(job_id, no_wait=no_wait, as_json=as_json):
+            return
+        _wait_and_print(job_id, as_json=as_json, timeout=timeout,
+                        render=lambda r: f"reverted to {r.get('name')}; domain {r.get('state')}")
 
 
 @main.command("snapshot-delete")
@@ -206,28 +262,34 @@ def snapshot_revert(name: str, start: str | None, no_wait: bool, timeout: float 
 def snapshot_delete(name: str, no_wait: bool, timeout: float | None, as_json: bool,
                     domain: str) -> None:
     """Delete snapshot NAME of DOMAIN: memory file, disk snapshots, records."""
-    job_id = _client().delete(domain, name)
-    if _submitted(job_id, no_wait=no_wait, as_json=as_json):
-        return
-    _wait_and_print(job_id, as_json=as_json, timeout=timeout,
-                    render=lambda r: f"snapshot {r.get('name')} deleted")
+    with _as_typed(domain):
+        job_id = _client().delete(domain, name)
+        if _submitted(job_id, no_wait=no_wait, as_json=as_json):
+            return
+        _wait_and_print(job_id, as_json=as_json, timeout=timeout,
+                        render=lambda r: f"snapshot {r.get('name')} deleted")
 
 
 @main.command("job")
-@click.option("--wait", "wait_", is_flag=True, help="Wait for the job to end.")
+@click.option("--wait", "wait_", is_flag=True,
+              help="Wait for the job to end; a failed job exits with its error's code.")
+@click.option("--timeout", type=float, default=None, callback=_positive_seconds,
+              help="With --wait: give up after SECONDS.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.argument("job_id")
-def job(wait_: bool, as_json: bool, job_id: str) -> None:
+@click.argument("job_id", callback=_job_id_arg)
+def job(wait_: bool, timeout: float | None, as_json: bool, job_id: str) -> None:
     """Show a job's state and result."""
     client = _client()
-    rec = client.wait(job_id) if wait_ else client.job(job_id)
+    rec = client.wait(job_id, timeout=timeout) if wait_ else client.job(job_id)
     if as_json:
         click.echo(_dumps(rec.model_dump(mode="json")))
-        return
-    click.echo(f"job {rec.job_id}: {rec.op} {rec.name} on {rec.domain_name or rec.domain} "
-               f"@{rec.host}: {rec.state}")
-    if rec.error:
-        click.echo(f"  error: {rec.error.message}")
+    else:
+        click.echo(f"job {rec.job_id}: {rec.op} {rec.name} on "
+                   f"{rec.domain_name or rec.domain} @{rec.host}: {rec.state}")
+        if rec.error:
+            click.echo(f"  error: {rec.error.message}")
+    if wait_ and rec.state == "failed":
+        sys.exit(_job_error(rec).exit_code)  # the error was printed above
 
 
 @main.command("hosts")
@@ -255,8 +317,10 @@ def hosts(as_json: bool) -> None:
 @main.command("worker")
 @click.option("--host", help="Host name to serve (default: DOMSNAP_HOST or the hostname).")
 @click.option("--driver", type=click.Choice(["qemu", "xl"]), help="Hypervisor driver.")
-@click.option("-c", "--concurrency", type=int, help="Pool size for new requests.")
-@click.option("--inflight-concurrency", type=int, help="Pool size for operations in flight.")
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256),
+              help="Pool size for new requests.")
+@click.option("--inflight-concurrency", type=click.IntRange(1, 256),
+              help="Pool size for operations in flight.")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(host: str | None, driver: str | None, concurrency: int | None,
            inflight_concurrency: int | None, loglevel: str) -> None:

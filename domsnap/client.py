@@ -122,7 +122,7 @@ class Client:
                     raise InvalidInput("memory: a memory file was given for a disk-only "
                                        "snapshot", field="memory")
                 memory_file = memory_file or config.memory
-            name = name or config.name
+            name = name if name is not None else config.name
             description = description if description is not None else config.description
             type = type or config.type
             if disks is None and config.disks is not None:
@@ -131,7 +131,7 @@ class Client:
         now = time.time()
         req: CreateRequest = parse_model(CreateRequest, {
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
-            "host": host, "name": name or str(int(now)), "submitted_at": now,
+            "host": host, "name": str(int(now)) if name is None else name, "submitted_at": now,
             "description": description, "disk_only": disk_only, "memory_file": memory_file,
             "type": type or "internal",
             "disks": [d.model_dump() for d in disks] if disks is not None else None,

@@ -81,7 +81,8 @@ class ConfigFileError(InvalidInput):
         key: str | None = None,
     ) -> None:
         where = ":".join(str(p) for p in (path or "<config>", line) if p is not None)
-        prefix = f"{where}: " + (f"{key}: " if key else "")
+        shown = key if key is None or len(key) <= 64 else key[:64] + "..."
+        prefix = f"{where}: " + (f"{shown}: " if shown else "")
         super().__init__(prefix + reason, field=key, path=path, line=line, key=key,
                          reason=reason)
         self.line = line

@@ -15,6 +15,7 @@ from typing import Literal, TypeAlias, get_args
 from pydantic import ValidationError
 
 from domsnap.errors import ConfigFileError, InvalidInput
+from domsnap.validation import reason as _pydantic_reason
 from schemas.config import (
     DiskFormat,
     DiskSpec,
@@ -119,9 +120,17 @@ def _tokens(text: str) -> list[_Tok]:
     return toks
 
 
+def _short(value: object, limit: int = 60) -> str:
+    """``value`` for an error message: quoted, and a long string cut to ``limit``
+    characters (a 5 MB line must not become a 5 MB message)."""
+    if not isinstance(value, str):
+        return repr(value)[:limit]
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 def _describe(tok: _Tok) -> str:
     names = {"str": "a string", "nl": "end of line", "eof": "end of file"}
-    return names.get(tok.kind, repr(tok.text))
+    return names.get(tok.kind, _short(tok.text))
 
 
 class _Parser:
@@ -161,7 +170,7 @@ class _Parser:
                 raise self._err(f"expected a key, found {_describe(tok)}", tok.line)
             if not _KEY_RE.match(tok.text):
                 raise self._err(
-                    f"bad key {tok.text!r} (letters, digits, '_' and '.'; no leading digit)",
+                    f"bad key {_short(tok.text)} (letters, digits, '_' and '.'; no leading digit)",
                     tok.line,
                 )
             self.key = tok.text
@@ -186,9 +195,14 @@ class _Parser:
         if tok.kind == "str":
             return tok.text
         if tok.kind == "word" and _INT_RE.match(tok.text):
-            return int(tok.text, 16) if tok.text[:2].lower() == "0x" else int(tok.text)
+            hexa = tok.text[:2].lower() == "0x"
+            digits = tok.text[2:] if hexa else tok.text
+            if len(digits.lstrip("0")) > (16 if hexa else 20):
+                raise self._err(f"number {_short(tok.text, 24)} is too long ({len(digits)} "
+                                "digits): xl numbers are 64-bit", tok.line)
+            return int(digits, 16) if hexa else int(digits)
         if tok.kind == "word":
-            raise self._err(f"unknown bare word value {tok.text!r} (quote strings)", tok.line)
+            raise self._err(f"unknown bare word value {_short(tok.text)} (quote strings)", tok.line)
         if tok.kind == "[":
             raise self._err("nested lists are not supported", tok.line)
         raise self._err(f"expected a value, found {_describe(tok)}", tok.line)
@@ -262,35 +276,35 @@ def _disk_spec(spec: str) -> DiskSpec:
         if key is None:
             slot = next((s for s in ("target", "format", "vdev", "access") if s not in got), None)
             if slot is None:
-                raise ValueError(f"too many positional parameters at {value!r}")
+                raise ValueError(f"too many positional parameters at {_short(value)}")
             if slot == "target":
                 value = _strip_prefixes(value, got)
             got[slot] = value
             continue
         if key not in ("target", "format", "vdev", "access", "devtype", "backendtype"):
-            raise ValueError(f"unknown parameter {key!r}")
+            raise ValueError(f"unknown parameter {_short(key)}")
         if key in got:
             raise ValueError(f"{key} given twice")
         got[key] = value
     fmt = _FORMATS.get(got.get("format") or "raw")
     if fmt is None:
-        raise ValueError(f"unknown format {got['format']!r}")
+        raise ValueError(f"unknown format {_short(got['format'])}")
     access = _ACCESS.get(got.get("access", ""))
     if access is None:
-        raise ValueError(f"bad access {got['access']!r} (r, ro, w or rw)")
+        raise ValueError(f"bad access {_short(got['access'])} (r, ro, w or rw)")
     vdev, colon, suffix = got.get("vdev", "").partition(":")
     if colon and suffix != "cdrom":
         raise ValueError(f"unknown vdev suffix ':{suffix}'")
     if not _VDEV_RE.match(vdev):
-        raise ValueError(f"bad or missing vdev {vdev!r}" if vdev else "no vdev")
+        raise ValueError(f"bad or missing vdev {_short(vdev)}" if vdev else "no vdev")
     devtype = _DEVTYPES.get(got.get("devtype", "cdrom" if colon else "disk"))
     if devtype is None:
-        raise ValueError(f"bad devtype {got['devtype']!r} (disk or cdrom)")
+        raise ValueError(f"bad devtype {_short(got['devtype'])} (disk or cdrom)")
     if colon and devtype != "cdrom":
         raise ValueError("vdev suffix ':cdrom' conflicts with devtype=disk")
     backendtype = got.get("backendtype")
     if backendtype is not None and backendtype not in _BACKENDTYPES:
-        raise ValueError(f"unknown backendtype {backendtype!r}")
+        raise ValueError(f"unknown backendtype {_short(backendtype)}")
     return DiskSpec(
         vdev=vdev,
         target=got.get("target") or None,
@@ -326,7 +340,7 @@ def parse_disk_spec(spec: str, *, field: str = "disk") -> DiskSpec:
     try:
         return _disk_spec(spec)
     except ValueError as exc:
-        raise InvalidInput(f"bad disk spec {spec!r}: {exc}", field=field) from None
+        raise InvalidInput(f"bad disk spec {_short(spec)}: {exc}", field=field) from None
 
 
 # --------------------------------------------------------------------------- typed access
@@ -381,19 +395,19 @@ def parse_domain_config(text: str, *, path: str | None = None) -> DomainConfig:
     if name is None:
         raise ConfigFileError("missing required key", path=path, key="name")
     if not _DOMAIN_NAME_RE.match(name) or name in (".", ".."):
-        raise doc.err("name", f"invalid domain name {name!r} (1-64 of A-Z a-z 0-9 _ . -)")
+        raise doc.err("name", f"invalid domain name {_short(name)} (1-64 of A-Z a-z 0-9 _ . -)")
     fields: dict[str, object] = {"name": name}
     uuid = doc.str_("uuid")
     if uuid is not None:
         if not _UUID_RE.match(uuid):
-            raise doc.err("uuid", f"invalid UUID {uuid!r}")
+            raise doc.err("uuid", f"invalid UUID {_short(uuid)}")
         fields["uuid"] = uuid.lower()
     builder = doc.str_("builder")
     if builder is not None and builder not in ("hvm", "generic"):
-        raise doc.err("builder", f"unknown builder {builder!r} (hvm or generic)")
+        raise doc.err("builder", f"unknown builder {_short(builder)} (hvm or generic)")
     dtype = doc.str_("type")
     if dtype is not None and dtype not in ("pv", "pvh", "hvm"):
-        raise doc.err("type", f"unknown domain type {dtype!r} (pv, pvh or hvm)")
+        raise doc.err("type", f"unknown domain type {_short(dtype)} (pv, pvh or hvm)")
     legacy = {"hvm": "hvm", "generic": "pv", None: None}[builder]
     if dtype is not None and legacy is not None and dtype != legacy:
         raise doc.err("type", f"conflicts with builder on line {doc.lines['builder']}")
@@ -412,7 +426,7 @@ def parse_domain_config(text: str, *, path: str | None = None) -> DomainConfig:
         try:
             disks.append(_disk_spec(spec))
         except ValueError as exc:
-            raise doc.err("disk", f"entry {i} {spec!r}: {exc}") from None
+            raise doc.err("disk", f"entry {i} {_short(spec)}: {exc}") from None
     fields["disks"] = disks
     known = {"name", "uuid", "builder", "type", "memory", "vcpus", "kernel", "ramdisk"}
     known |= {"extra", "cmdline", "disk"}
@@ -423,7 +437,7 @@ def parse_domain_config(text: str, *, path: str | None = None) -> DomainConfig:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "name"
         key = {"disks": "disk"}.get(field, field)
-        raise doc.err(key, f"invalid value: {first['msg']}") from None
+        raise doc.err(key, f"invalid value: {_pydantic_reason(first)}") from None
 
 
 # --------------------------------------------------------------------------- snapshot configs
@@ -435,25 +449,26 @@ def _snapshot_disk(entry: str, file_type: SnapshotType) -> SnapshotDiskChoice:
     got: dict[str, str] = {}
     for i, (key, value) in enumerate(_split_spec(entry)):
         if key is None and i > 0:
-            raise ValueError(f"unexpected value {value!r} (use vdev=, type=, format=, target=)")
+            raise ValueError(f"unexpected value {_short(value)} "
+                             "(use vdev=, type=, format=, target=)")
         key = key or "vdev"
         if key not in ("vdev", "type", "format", "target"):
-            raise ValueError(f"unknown parameter {key!r}")
+            raise ValueError(f"unknown parameter {_short(key)}")
         if key in got:
             raise ValueError(f"{key} given twice")
         got[key] = value
     vdev = got.get("vdev", "")
     if not _VDEV_RE.match(vdev):
-        raise ValueError(f"bad vdev {vdev!r}" if vdev else "no vdev")
+        raise ValueError(f"bad vdev {_short(vdev)}" if vdev else "no vdev")
     snap_type = _SNAP_TYPES.get(got["type"]) if "type" in got else None
     if "type" in got and snap_type is None:
-        raise ValueError(f"unknown type {got['type']!r} (internal or external)")
+        raise ValueError(f"unknown type {_short(got['type'])} (internal or external)")
     target = got.get("target") or None
     if snap_type is None and target is not None:
         snap_type = "external"
     fmt = _FORMATS.get(got["format"]) if "format" in got else None
     if "format" in got and fmt is None:
-        raise ValueError(f"unknown format {got['format']!r}")
+        raise ValueError(f"unknown format {_short(got['format'])}")
     if (snap_type or file_type) == "internal":
         if target is not None:
             raise ValueError("an internal snapshot disk cannot have a target")
@@ -480,20 +495,23 @@ def parse_snapshot_config(text: str, *, path: str | None = None) -> SnapshotConf
     name = doc.str_("name")
     if name is not None:
         if "/" in name:
-            raise doc.err("name", f"invalid snapshot name {name!r}: must not contain '/'")
+            raise doc.err("name", f"invalid snapshot name {_short(name)}: must not contain '/'")
         if not _SNAPSHOT_NAME_RE.match(name) or name in (".", ".."):
-            raise doc.err("name", f"invalid snapshot name {name!r} (1-128 of A-Z a-z 0-9 _ . : -)")
+            raise doc.err("name", f"invalid snapshot name {_short(name)} "
+                          "(1-128 of A-Z a-z 0-9 _ . : -)")
         config.name = name
     config.description = doc.str_("description")
     memory = doc.str_("memory")
     if memory is not None:
         if memory not in ("yes", "no") and not memory.startswith("/"):
-            raise doc.err("memory", f'must be "yes", "no" or an absolute path, not {memory!r}')
+            raise doc.err("memory",
+                          f'must be "yes", "no" or an absolute path, not {_short(memory)}')
         config.memory = {"yes": True, "no": False}.get(memory, memory)
     snap_type = doc.str_("type")
     if snap_type is not None:
         if snap_type not in _SNAP_TYPES:
-            raise doc.err("type", f"unknown snapshot type {snap_type!r} (internal or external)")
+            raise doc.err("type", f"unknown snapshot type {_short(snap_type)} "
+                          "(internal or external)")
         config.type = _SNAP_TYPES[snap_type]
     entries = doc.strings("disk")
     if entries is not None:
@@ -502,9 +520,9 @@ def parse_snapshot_config(text: str, *, path: str | None = None) -> SnapshotConf
             try:
                 choice = _snapshot_disk(entry, config.type)
             except ValueError as exc:
-                raise doc.err("disk", f"entry {i} {entry!r}: {exc}") from None
+                raise doc.err("disk", f"entry {i} {_short(entry)}: {exc}") from None
             if any(d.vdev == choice.vdev for d in config.disks):
-                raise doc.err("disk", f"entry {i}: vdev {choice.vdev!r} listed twice")
+                raise doc.err("disk", f"entry {i}: vdev {_short(choice.vdev)} listed twice")
             config.disks.append(choice)
     return config
 
@@ -512,10 +530,17 @@ def parse_snapshot_config(text: str, *, path: str | None = None) -> SnapshotConf
 # --------------------------------------------------------------------------- files
 
 
+MAX_CONFIG_BYTES = 1 << 20  # an xl config is a few lines; more is not a config file
+
+
 def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read()
+            text = f.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigFileError(f"larger than {MAX_CONFIG_BYTES} characters: not a config "
+                                  "file", path=path)
+        return text
     except UnicodeDecodeError as exc:
         raise ConfigFileError(f"not UTF-8 text (byte {exc.start})", path=path) from None
     except OSError as exc:

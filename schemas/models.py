@@ -31,7 +31,7 @@ def check_snapshot_name(value: str) -> str:
     """A snapshot name is a file name component: it can never escape its directory."""
     if not SNAPSHOT_NAME_RE.fullmatch(value) or value in (".", ".."):
         raise ValueError(
-            f"invalid snapshot name {value!r}: use 1-128 of A-Z a-z 0-9 _ . : - "
+            f"invalid snapshot name {value[:140]!r}: use 1-128 of A-Z a-z 0-9 _ . : - "
             "(no '/', not '.' or '..')"
         )
     return value
@@ -41,7 +41,38 @@ def check_uuid(value: str) -> str:
     try:
         return str(_uuid.UUID(value))
     except ValueError:
-        raise ValueError(f"not a UUID: {value!r}") from None
+        raise ValueError(f"not a UUID: {value[:80]!r}") from None
+
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+NAME_MAX = 255  # bytes in one path component (Linux NAME_MAX)
+PATH_MAX = 4096  # bytes in a whole path, terminating NUL included (Linux PATH_MAX)
+
+
+def check_job_id(value: str) -> str:
+    """A job id is one canonical string, so one job is one record: a lower-case UUID in
+    its hyphenated form (``str(uuid.uuid4())``); other spellings are refused, not folded."""
+    if not JOB_ID_RE.fullmatch(value):
+        canonical = check_uuid(value)  # "not a UUID" for what is no UUID at all
+        raise ValueError(f"{value[:80]!r} is not a job id's canonical form: write it "
+                         f"{canonical!r} (lower-case, hyphenated)")
+    return value
+
+
+def check_path_length(value: str | None) -> str | None:
+    """A path the host will create: each component at most NAME_MAX bytes and the whole
+    path under PATH_MAX, checked before anything is touched (the kernel would refuse it
+    half-way through an operation)."""
+    if value is None:
+        return None
+    raw = value.encode("utf-8", "surrogateescape")
+    if len(raw) >= PATH_MAX:
+        raise ValueError(f"path is {len(raw)} bytes long: at most {PATH_MAX - 1}")
+    for part in raw.split(b"/"):
+        if len(part) > NAME_MAX:
+            raise ValueError(f"path component {part[:40].decode('utf-8', 'replace')!r}... is "
+                             f"{len(part)} bytes long: at most {NAME_MAX}")
+    return value
 
 
 def check_request_id(value: str | None) -> str | None:
@@ -86,11 +117,12 @@ def _require_op(schema: dict[str, Any]) -> None:
 
 
 class _Request(_Versioned):
-    job_id: str = Field(description="UUID chosen by the submitter; makes redelivery harmless",
-                        json_schema_extra={"format": "uuid"})
+    job_id: str = Field(description="lower-case UUID chosen by the submitter; makes "
+                        "redelivery harmless",
+                        json_schema_extra={"pattern": JOB_ID_RE.pattern})
     domain: str = Field(description="domain UUID (resolved by the submitter)",
                         json_schema_extra={"format": "uuid"})
-    domain_name: str = ""
+    domain_name: str = Field(default="", max_length=253)
     host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = Field(description="snapshot name: a file name component",
                       json_schema_extra={"pattern": SNAPSHOT_NAME_RE.pattern,
@@ -104,7 +136,8 @@ class _Request(_Versioned):
         default=None, description="who asked (for the audit log): a user or service name",
         json_schema_extra={"pattern": REQUESTED_BY_RE.pattern})
 
-    _uuid_fields = field_validator("job_id", "domain")(check_uuid)
+    _job_id = field_validator("job_id")(check_job_id)
+    _uuid_fields = field_validator("domain")(check_uuid)
     _name = field_validator("name")(check_snapshot_name)
 
     _request_id = field_validator("request_id")(check_request_id)
@@ -119,7 +152,9 @@ class DiskChoice(BaseModel):
     vdev: str = Field(pattern=r"^[A-Za-z0-9_]{1,32}$")
     type: SnapshotType | None = None
     format: DiskFormat | None = None
-    target: str | None = None
+    target: str | None = Field(default=None, max_length=PATH_MAX - 1)
+
+    _target_len = field_validator("target")(check_path_length)
 
 
 class CreateRequest(_Request):
@@ -129,12 +164,15 @@ class CreateRequest(_Request):
     description: str | None = Field(default=None, max_length=4096)
     disk_only: bool = False
     memory_file: str | None = Field(
-        default=None, description="absolute path under the snapshot roots; default NAME.save"
+        default=None, max_length=PATH_MAX - 1,
+        description="absolute path under the snapshot roots; default NAME.save"
     )
     type: SnapshotType = "internal"
     disks: list[DiskChoice] | None = Field(
         default=None, description="exactly these disks; default every writable non-cdrom disk"
     )
+
+    _memory_file_len = field_validator("memory_file")(check_path_length)
 
 
 class RevertRequest(_Request):

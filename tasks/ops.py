@@ -2,14 +2,17 @@
 
 Public entry tasks (``domsnap.create``, ``domsnap.revert``, ``domsnap.delete``)
 take one JSON object valid against ``schemas/json/request.schema.json`` and run
-on the host's new-work queue; the continuations they launch run on the host's
-in-flight queue (see :mod:`tasks.canvas`).
+on the host's new-work queue; the continuations they launch (``domsnap.step.*``)
+run on the host's in-flight queue (see :mod:`tasks.canvas`) and nowhere else: each
+is admitted again before it acts (:func:`workers.engine.admit.admit_step`).
+Messages reach these tasks only through :mod:`workers.intake`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
 from celery.utils.log import get_task_logger
 
 from domsnap.errors import DomsnapError
@@ -17,7 +20,7 @@ from schemas.models import CreateRequest, DeleteRequest, RevertRequest
 from tasks.canvas import continuation
 from workers.app import app
 from workers.engine import create, delete, revert
-from workers.engine.admit import admit, parse
+from workers.engine.admit import StepRefused, admit, admit_step, fail_unparsed, parse
 from workers.host import current_host
 from workers.routing import (
     TASK_CREATE,
@@ -33,12 +36,16 @@ from workers.routing import (
 log = get_task_logger(__name__)
 
 
-def _entry(body: dict[str, Any], model: type[Any]) -> dict[str, Any]:
+def _entry(task: Task, body: dict[str, Any], model: type[Any]) -> dict[str, Any]:
     host = current_host()
     try:
         req = parse(body, model)
     except DomsnapError as exc:
-        _fail_unparsed(host, body, exc)
+        job_id = body.get("job_id") if isinstance(body, dict) else None
+        failed = fail_unparsed(host, body, exc, op=model.model_fields["op"].default,
+                               message_id=task.request.id)
+        log.error("rejected request %.80r: %s%s", job_id, exc,
+                  " (its queued job failed)" if failed else " (no job changed)")
         return {"admitted": False, "error": exc.to_dict()}
     plan = admit(host, req)
     if plan is None:
@@ -47,61 +54,73 @@ def _entry(body: dict[str, Any], model: type[Any]) -> dict[str, Any]:
     return {"job_id": req.job_id, "admitted": True}
 
 
-def _fail_unparsed(host: Any, body: Any, exc: DomsnapError) -> None:
-    """A body that does not validate: fail its job if it names one, else only log."""
-    job_id = body.get("job_id") if isinstance(body, dict) else None
-    log.error("rejected request %s: %s", job_id, exc)
-    if isinstance(job_id, str):
-        try:
-            from schemas.models import ErrorInfo
-
-            host.store.update_job(job_id, state="failed",
-                                  error=ErrorInfo(code=exc.code, message=exc.message,
-                                                  details=exc.details))
-        except DomsnapError:
-            pass
+def _step(task: Task, body: dict[str, Any], model: type[Any], plan: dict[str, Any],
+          disk: dict[str, Any] | None = None) -> Any:
+    """The request of a continuation step allowed to run now, or None (logged)."""
+    queue = (task.request.delivery_info or {}).get("routing_key")
+    try:
+        return admit_step(current_host(), body, model, plan, queue=queue, disk=disk)
+    except StepRefused as exc:
+        log.error("refused step %s (message %s): %s", task.name, task.request.id, exc)
+        return None
 
 
-@app.task(name=TASK_CREATE)
-def create_entry(body: dict[str, Any]) -> dict[str, Any]:
-    return _entry(body, CreateRequest)
+def _refused() -> dict[str, Any]:
+    return {"refused": True}
 
 
-@app.task(name=TASK_REVERT)
-def revert_entry(body: dict[str, Any]) -> dict[str, Any]:
-    return _entry(body, RevertRequest)
+@app.task(name=TASK_CREATE, bind=True)
+def create_entry(self: Task, body: dict[str, Any]) -> dict[str, Any]:
+    return _entry(self, body, CreateRequest)
 
 
-@app.task(name=TASK_DELETE)
-def delete_entry(body: dict[str, Any]) -> dict[str, Any]:
-    return _entry(body, DeleteRequest)
+@app.task(name=TASK_REVERT, bind=True)
+def revert_entry(self: Task, body: dict[str, Any]) -> dict[str, Any]:
+    return _entry(self, body, RevertRequest)
 
 
-@app.task(name=TASK_LIVE)
-def capture(body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    return create.run_live(current_host(), CreateRequest.model_validate(body), plan)
+@app.task(name=TASK_DELETE, bind=True)
+def delete_entry(self: Task, body: dict[str, Any]) -> dict[str, Any]:
+    return _entry(self, body, DeleteRequest)
 
 
-@app.task(name=TASK_DISK)
-def disk(body: dict[str, Any], disk: dict[str, Any]) -> dict[str, Any]:
-    return create.run_offline_disk(current_host(), CreateRequest.model_validate(body), disk)
+@app.task(name=TASK_LIVE, bind=True)
+def capture(self: Task, body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    req = _step(self, body, CreateRequest, plan)
+    return create.run_live(current_host(), req, plan) if req else _refused()
 
 
-@app.task(name=TASK_FINISH)
-def finish_offline(results: list[dict[str, Any]], body: dict[str, Any],
+@app.task(name=TASK_DISK, bind=True)
+def disk(self: Task, body: dict[str, Any], disk: dict[str, Any]) -> dict[str, Any]:
+    # the disk's plan is the journaled one (admit_step checks the disk is in it)
+    host = current_host()
+    entry = host.files.read_journal(str(body.get("job_id"))) if isinstance(body, dict) and \
+        isinstance(body.get("job_id"), str) else None
+    plan = entry.get("plan") if entry else None
+    req = _step(self, body, CreateRequest, plan if isinstance(plan, dict) else {}, disk)
+    if req is None:
+        return {"vdev": str(disk.get("vdev"))[:32], "ok": False,
+                "error": "step refused (see the worker log)"}
+    return create.run_offline_disk(host, req, disk)
+
+
+@app.task(name=TASK_FINISH, bind=True)
+def finish_offline(self: Task, results: list[dict[str, Any]], body: dict[str, Any],
                    plan: dict[str, Any]) -> dict[str, Any]:
-    return create.finish_offline(current_host(), CreateRequest.model_validate(body), plan,
-                                 results)
+    req = _step(self, body, CreateRequest, plan)
+    return create.finish_offline(current_host(), req, plan, results) if req else _refused()
 
 
-@app.task(name=TASK_RUN_REVERT)
-def run_revert(body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    return revert.run_revert(current_host(), RevertRequest.model_validate(body), plan)
+@app.task(name=TASK_RUN_REVERT, bind=True)
+def run_revert(self: Task, body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    req = _step(self, body, RevertRequest, plan)
+    return revert.run_revert(current_host(), req, plan) if req else _refused()
 
 
-@app.task(name=TASK_RUN_DELETE)
-def run_delete(body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    return delete.run_delete(current_host(), DeleteRequest.model_validate(body), plan)
+@app.task(name=TASK_RUN_DELETE, bind=True)
+def run_delete(self: Task, body: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    req = _step(self, body, DeleteRequest, plan)
+    return delete.run_delete(current_host(), req, plan) if req else _refused()
 
 
 # ---------------------------------------------------------------- fsck (issue 7)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from celery import Celery
 
 from domsnap.settings import TASK_KILL_GRACE_S, VISIBILITY_TIMEOUT_S, Settings, get_settings
 
 
 def make_app(settings: Settings | None = None) -> Celery:
+    """The app. Its workers take messages through :mod:`workers.intake`: a message that
+    is not a well-formed domsnap task for this host is rejected there (never requeued)."""
     s = settings or get_settings()
     app = Celery("domsnap", broker=s.broker_url, backend=s.result_backend_url,
                  include=["tasks.ops"])
+    if urlsplit(s.broker_url).scheme == "redis":
+        # kombu's Redis transport, with its envelope checked (workers.intake)
+        app.conf.broker_transport = "workers.intake:RedisTransport"
     app.conf.update(
+        worker_consumer="workers.intake:SafeConsumer",
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],

@@ -21,12 +21,19 @@ TASK_DELETE = "domsnap.delete"
 ENTRY_TASKS = {"create": TASK_CREATE, "revert": TASK_REVERT, "delete": TASK_DELETE}
 TASK_FSCK = "domsnap.fsck"  # on the host's new-work queue; returns an FsckReport
 
-# Internal continuation tasks (always on the in-flight queue).
+# Internal continuation tasks: only ever run from the in-flight queue (workers.intake
+# turns them away anywhere else), and re-check the job and its journal before acting.
+INTERNAL_PREFIX = "domsnap.step."
 TASK_LIVE = "domsnap.step.capture"
 TASK_DISK = "domsnap.step.disk"
 TASK_FINISH = "domsnap.step.finish_offline"
 TASK_RUN_REVERT = "domsnap.step.revert"
 TASK_RUN_DELETE = "domsnap.step.delete"
+
+
+def is_internal(task_name: str) -> bool:
+    """Whether ``task_name`` is a continuation step (never a request from outside)."""
+    return task_name.startswith(INTERNAL_PREFIX)
 
 
 def check_host(host: str) -> str:

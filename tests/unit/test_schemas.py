@@ -79,8 +79,22 @@ def test_non_uuid_rejected(field: str, value: str) -> None:
 
 
 def test_uuids_are_normalised() -> None:
-    req = REQUEST.validate_python(body(job_id=JOB.upper(), domain="{" + DOM.upper() + "}"))
+    req = REQUEST.validate_python(body(job_id=JOB, domain="{" + DOM.upper() + "}"))
     assert (req.job_id, req.domain) == (JOB, DOM)
+
+
+HEXJOB = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+
+
+@pytest.mark.parametrize("spelling", [HEXJOB.upper(), "{" + HEXJOB + "}",
+                                      HEXJOB.replace("-", ""), "urn:uuid:" + HEXJOB])
+def test_job_ids_are_canonical_not_folded(spelling: str) -> None:
+    """One job, one record: another spelling of a job id is refused (issue 7: an
+    upper-case job_id was folded here while the submitter kept its own spelling, which
+    split one job into two records)."""
+    errs = errors_of(body(job_id=spelling))
+    assert [e["loc"][-1] for e in errs] == ["job_id"]
+    assert "canonical form" in errs[0]["msg"] and HEXJOB in errs[0]["msg"]
 
 
 @pytest.mark.parametrize("op", ["create", "revert", "delete"])

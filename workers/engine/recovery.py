@@ -99,11 +99,16 @@ def enter_step(host: Host, req: jobs.AnyRequest, step: str) -> bool:
 
 
 def recover(host: Host) -> None:
+    """Each journal on its own: one that cannot be recovered (any error at all: a bad
+    path, a corrupt entry, a hypervisor error) is logged and left, and the others and
+    the worker's start go on."""
     for entry in host.files.journals():
         try:
             _recover_one(host, entry)
-        except DomsnapError as exc:
-            log.error("could not recover job %s: %s", entry.get("request", {}).get("job_id"), exc)
+        except Exception as exc:  # noqa: BLE001 - must never block the worker's start
+            body = entry.get("request") if isinstance(entry, dict) else None
+            job_id = body.get("job_id") if isinstance(body, dict) else None
+            log.error("could not recover job %s: %s: %s", job_id, type(exc).__name__, exc)
 
 
 def _recover_one(host: Host, entry: dict[str, object]) -> None:
