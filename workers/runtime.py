@@ -52,11 +52,24 @@ def _celery_argv(queue: str, concurrency: int, nodename: str, loglevel: str) -> 
             "-l", loglevel]
 
 
+def start_guard(settings: Settings) -> subprocess.Popen[Any]:
+    """The pause guard (workers/guard.py), in a session of its own: it outlives this
+    supervisor and its pools if they are killed together, and exits by itself once no
+    worker runs here and nothing is left to guard."""
+    env = {**os.environ, "DOMSNAP_HOST": settings.host, "DOMSNAP_DRIVER": settings.driver,
+           "DOMSNAP_STATE_DIR": str(settings.state_dir)}
+    env.pop("DOMSNAP_FAULT", None)  # fault tests kill the worker, never the guard
+    return subprocess.Popen([sys.executable, "-m", "workers.guard"], env=env,
+                            start_new_session=True, stdin=subprocess.DEVNULL)
+
+
 def run(settings: Settings, *, loglevel: str = "INFO") -> int:
     logging.basicConfig(level=loglevel, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     host = build_host(settings)
     host.store.ping()
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    host.files.worker_pid_path.write_text(str(os.getpid()))
+    guard = start_guard(settings)
     reconcile(host)
     recover(host)
     stop = threading.Event()
@@ -102,4 +115,6 @@ def run(settings: Settings, *, loglevel: str = "INFO") -> int:
             host.store.withdraw_host(host.name)
         except DomsnapError:
             pass
+        if guard.poll() is not None:
+            guard.wait()
     return rc

@@ -15,6 +15,7 @@ from typing import Any
 from domsnap.errors import DomsnapError, OperationFailed
 from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, RevertRequest
 from workers.host import Host
+from workers.hostio import faults
 
 AnyRequest = CreateRequest | RevertRequest | DeleteRequest
 Progress = Callable[[str, str], None]
@@ -45,6 +46,7 @@ def wait_for_gate(host: Host, req: AnyRequest, emit: Progress) -> None:
     work for this host. Bounded by the pause budget, so a stale marker cannot wedge
     the host (the crash-safety path clears stale markers).
     """
+    faults.point("admit-gate")
     deadline = time.monotonic() + host.settings.pause_budget_ms / 1000
     announced = False
     while True:
@@ -63,8 +65,23 @@ def start(host: Host, req: AnyRequest, *, pausing: bool, plan: dict[str, Any]) -
     host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
                                           "plan": plan, "step": "admitted"})
     if pausing:
-        host.files.mark_pausing(req.domain, req.job_id)
+        host.files.mark_pausing(req.domain, req.job_id, budget_s=budget_for(host, plan))
     host.store.update_job(req.job_id, state="running", started_at=time.time())
+
+
+def budget_for(host: Host, plan: dict[str, Any]) -> float:
+    """The pause budget of an operation on the domain its plan describes."""
+    config = plan.get("config") or {}
+    memory = config.get("memory", 128) if isinstance(config, dict) else 128
+    return host.settings.pause_budget_for(int(memory))
+
+
+def note_admitting(host: Host, req: AnyRequest) -> None:
+    """A journal entry before the gate: if this worker dies while the request waits
+    (or plans), start-up recovery fails the job and frees its name at once instead of
+    leaving it queued until the broker gives the message back hours later."""
+    host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
+                                          "step": "admitting"})
 
 
 def succeed(host: Host, req: AnyRequest, result: dict[str, Any]) -> None:
