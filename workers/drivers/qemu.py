@@ -229,8 +229,9 @@ class QemuDriver(Driver):
         if status == "inmigrate":
             self.destroy(uuid)
             return "shutoff"
-        self._runstate(uuid, status)
-        return status
+        state = "running" if status == "running" else "paused"
+        self._runstate(uuid, state)
+        return state
 
     # ------------------------------------------------------------ create
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from domsnap.errors import DomsnapError, OperationFailed
+from domsnap.errors import DomsnapError, OperationFailed, UnknownJob
 from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, RevertRequest
 from workers.host import Host
 from workers.hostio import faults
@@ -108,8 +108,11 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
         host.store.release_lock(req.domain, req.job_id)
     finally:
         progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
-        host.store.update_job(req.job_id, state=state, finished_at=time.time(), result=result,
-                              error=error)
+        try:
+            host.store.update_job(req.job_id, state=state, finished_at=time.time(),
+                                  result=result, error=error)
+        except UnknownJob:
+            pass  # Redis lost the job (restarted empty): nothing left to report it to
     host.files.remove_journal(req.job_id)
 
 

@@ -132,6 +132,29 @@ def recover(host: Host) -> None:
             log.error("could not recover job %s: %s: %s", job_id, type(exc).__name__, exc)
 
 
+STEPS = ("capture", "finish", "revert", "delete")  # the guarded continuation steps
+
+
+def sweep(host: Host) -> None:
+    """While the worker runs: recover each journal whose continuation step started but
+    no longer runs (its job lock is free), e.g. a step that gave up because Redis was
+    down and could not even record its failure. Journals at ``admitting`` or
+    ``admitted`` are left alone: their message may still be in a queue."""
+    for entry in host.files.journals():
+        step = entry.get("step")
+        job_id = str(entry.get("request", {}).get("job_id", "?"))
+        if step not in STEPS:
+            continue
+        with job_lock(host, job_id, blocking=False) as got:
+            if not got:
+                continue  # its step runs
+            fresh = host.files.read_journal(job_id)
+            if fresh is not None and fresh.get("step") == step:
+                log.warning("job %s: step %s ended without ending its job; recovering",
+                            job_id, step)
+                recover_entry(host, fresh)
+
+
 def request_of(entry: dict[str, Any]) -> jobs.AnyRequest:
     body = entry["request"]
     assert isinstance(body, dict)

@@ -24,10 +24,18 @@ def point(name: str, *, qemu: Callable[[], int | None] | None = None) -> None:
     """Die here (the whole worker, SIGKILL) if the fault tests armed this point.
 
     ``<name>:qemu`` kills the domain's QEMU instead (``qemu`` gives its pid) and
-    lets the worker go on, to meet a hypervisor that vanished mid-operation."""
+    lets the worker go on, to meet a hypervisor that vanished mid-operation.
+    ``<name>:hold`` stops there until the file ``<state dir>/release-<name>`` exists
+    (a test takes Redis away meanwhile)."""
     armed = os.environ.get(ENV)
     if armed == name:
         os.killpg(os.getpgrp(), signal.SIGKILL)
+    elif armed == f"{name}:hold":
+        # wait here until the test creates <state dir>/release-<name> (at most 10 min)
+        flag = os.path.join(os.environ.get("DOMSNAP_STATE_DIR", "."), f"release-{name}")
+        deadline = time.monotonic() + 600
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.05)
     elif armed == f"{name}:qemu" and qemu is not None:
         pid = qemu()
         if pid:
