@@ -241,7 +241,7 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
         job_id=req.job_id)
     host.files.write_sidecar(record)
     faults.point("commit-sidecar")
-    host.store.commit_snapshot(record, job_id=req.job_id)
+    host.store.commit_snapshot(record, job_id=req.job_id, fence=jobs.fence_of(req, plan))
     result = {"name": record.name, "pause_ms": pause_ms, "memory_save_ms": memory_save_ms,
               "memory_bytes": memory_bytes, "disk_only": record.disk_only,
               "disks": [s.model_dump(mode="json") for s in snaps]}

@@ -137,7 +137,7 @@ def carry_out_delete(host: Host, req: DeleteRequest, plan: dict[str, Any], *, do
                     if os.path.exists(child):
                         host.img.rebase(child, step["base"], unsafe=True)
                 renames[step["top"]] = step["base"]
-                _apply_renames(host, req, renames)  # nothing may name the merged image
+                _apply_renames(host, req, plan, renames)  # nothing may name the merged image
                 Path(step["top"]).unlink(missing_ok=True)
             elif op == "lvm-remove":
                 emit("disk", f"{step['vdev']}: removing LVM snapshot {step['path']}")
@@ -146,7 +146,7 @@ def carry_out_delete(host: Host, req: DeleteRequest, plan: dict[str, Any], *, do
                 Path(step["path"]).unlink(missing_ok=True)
             _noted(host, req, index + 1)
         if renames:
-            _apply_renames(host, req, renames)
+            _apply_renames(host, req, plan, renames)
         if plan["memory_file"]:
             Path(plan["memory_file"]).unlink(missing_ok=True)
         updated = []
@@ -157,7 +157,8 @@ def carry_out_delete(host: Host, req: DeleteRequest, plan: dict[str, Any], *, do
                 updated.append(rec)
         current = host.store.current(req.domain)
         host.store.remove_snapshot(req.domain, req.name, updated=updated,
-                                   current=plan["parent"] if current == req.name else current)
+                                   current=plan["parent"] if current == req.name else current,
+                                   fence=jobs.fence_of(req, plan))
         host.files.remove_sidecar(req.domain, req.name)
         result: dict[str, Any] = {"name": req.name, "deleted": True}
         if why is not None:
@@ -186,7 +187,8 @@ def _merged(host: Host, top: str, base: str) -> bool:
     return host.img.backing_file(top, force_share=True) != base
 
 
-def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, str]) -> None:
+def _apply_renames(host: Host, req: DeleteRequest, plan: dict[str, Any],
+                   renames: dict[str, str]) -> None:
     """After merging C into F, everything that named C names F."""
     def fix(p: str | None) -> str | None:
         return renames.get(p, p) if p else p
@@ -205,7 +207,7 @@ def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, str]) -> N
             host.files.write_sidecar(new)
             changed.append(new)
     if changed:
-        host.store.put_snapshots(req.domain, changed)
+        host.store.put_snapshots(req.domain, changed, fence=jobs.fence_of(req, plan))
     cfg: DomainConfig = host.driver.domain_config(req.domain)
     host.driver.set_domain_config(req.domain, cfg.model_copy(update={"disks": [
         d.model_copy(update={"target": fix(d.target)}) for d in cfg.disks]}))

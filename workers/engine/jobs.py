@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from domsnap.errors import DomsnapError, OperationFailed, UnknownJob
+from domsnap.store import Fence
 from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, RevertRequest
 from workers.host import Host
 from workers.hostio import faults
@@ -59,9 +60,17 @@ def wait_for_gate(host: Host, req: AnyRequest, emit: Progress) -> None:
         time.sleep(0.01)
 
 
+def fence_of(req: AnyRequest, plan: dict[str, Any] | None) -> Fence | None:
+    """The fencing token this attempt of the job holds (set at admission, renewed when
+    recovery takes the job over), for the commits that must present it."""
+    token = plan.get("fence") if isinstance(plan, dict) else None
+    return Fence(req.job_id, int(token)) if isinstance(token, int) else None
+
+
 def start(host: Host, req: AnyRequest, *, pausing: bool, plan: dict[str, Any]) -> None:
-    """Take the lock, write the journal, mark the job running."""
-    host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
+    """Take the lock (a lease, with a fencing token that joins the plan), write the
+    journal, mark the job running."""
+    plan["fence"] = host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
     host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
                                           "plan": plan, "step": "admitted"})
     if pausing:
@@ -101,16 +110,18 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
     """Release what admission took, then publish the end: whoever sees the job ended
     may submit the next operation on the domain at once. The journal goes last, so a
     worker that dies in between leaves a trace for start-up recovery."""
+    entry = host.files.read_journal(req.job_id)
+    fence = fence_of(req, entry.get("plan") if entry else None)
     try:
         host.files.clear_pausing(req.domain, req.job_id)
         if isinstance(req, CreateRequest):
             host.store.release_name(req.domain, req.name, req.job_id)
-        host.store.release_lock(req.domain, req.job_id)
+        host.store.release_lock(req.domain, req.job_id, fence=fence)
     finally:
         progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
         try:
-            host.store.update_job(req.job_id, state=state, finished_at=time.time(),
-                                  result=result, error=error)
+            host.store.update_job(req.job_id, fence=fence, state=state,
+                                  finished_at=time.time(), result=result, error=error)
         except UnknownJob:
             pass  # Redis lost the job (restarted empty): nothing left to report it to
     host.files.remove_journal(req.job_id)

@@ -19,12 +19,13 @@ import fcntl
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import DomsnapError, OperationFailed, UnknownSnapshot
+from domsnap.errors import DomainLocked, DomsnapError, OperationFailed, UnknownSnapshot
 from schemas.config import DomainConfig
 from schemas.models import CreateRequest, DeleteRequest, RevertRequest
 from workers.drivers.base import DiskOp
@@ -83,16 +84,48 @@ def job_lock(host: Host, job_id: str, *, shared: bool = False,
         os.close(fd)
 
 
+@contextmanager
+def renewing(host: Host, req: jobs.AnyRequest, plan: dict[str, Any]) -> Iterator[None]:
+    """Renew the domain lock's lease every third of it while the work inside runs; a
+    lease found lost is logged (the fenced commits will refuse this holder)."""
+    fence = jobs.fence_of(req, plan)
+    if fence is None:
+        yield
+        return
+    ttl = host.settings.lock_ttl_s
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(max(1.0, ttl / 3)):
+            try:
+                if not host.store.renew_lock(fence, req.domain, ttl):
+                    log.error("job %s lost the lock of %s (token %d)", req.job_id,
+                              req.domain, fence.token)
+                    return
+            except DomsnapError as exc:
+                log.warning("job %s: lease not renewed: %s", req.job_id, exc)
+
+    t = threading.Thread(target=renew, name=f"lease-{req.job_id[:8]}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
 def guarded(step: str) -> Callable[[Callable[..., dict[str, Any]]],
                                    Callable[..., dict[str, Any]]]:
-    """Run a continuation step at most once per job, under the job's lock."""
+    """Run a continuation step at most once per job, under the job's lock, renewing
+    the domain lock's lease while it runs. The step's first argument is its plan."""
     def wrap(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         @functools.wraps(fn)
-        def run(host: Host, req: jobs.AnyRequest, *args: Any) -> dict[str, Any]:
+        def run(host: Host, req: jobs.AnyRequest, plan: dict[str, Any],
+                *args: Any) -> dict[str, Any]:
             with job_lock(host, req.job_id):
                 if not enter_step(host, req, step):
                     return host.store.get_job(req.job_id).result or {}
-                return fn(host, req, *args)
+                with renewing(host, req, plan):
+                    return fn(host, req, plan, *args)
         return run
     return wrap
 
@@ -165,15 +198,42 @@ def request_of(entry: dict[str, Any]) -> jobs.AnyRequest:
 
 def recover_entry(host: Host, entry: dict[str, Any], *, why: str = DEAD_WORKER) -> None:
     """Finish or undo the operation of one journal entry; the job ends either way."""
-    from workers.engine.delete import carry_out_delete
-    from workers.engine.revert import carry_out_revert
-
     req = request_of(entry)
     plan = entry.get("plan")
     if not isinstance(plan, dict):  # it never got past admission: nothing was touched
         jobs.fail(host, req, OperationFailed(f"{why} while the request waited for admission; "
                                              "nothing was changed"))
         return
+    taken = take_over(host, req, entry, plan)
+    if taken is None and not isinstance(req, CreateRequest):
+        jobs.fail(host, req, OperationFailed(f"{why}; another job holds the domain's lock "
+                                             "now, so this one was not carried forward"))
+        return
+    plan = taken or plan
+    with renewing(host, req, plan):
+        _recover_planned(host, req, plan, entry, why)
+
+
+def take_over(host: Host, req: jobs.AnyRequest, entry: dict[str, Any],
+              plan: dict[str, Any]) -> dict[str, Any] | None:
+    """Take the job's domain lock again, with a new fencing token (an attempt of this
+    job that is somehow still alive can no longer commit); the journal keeps the new
+    token. None if another job holds the lock now (this job's lease ran out)."""
+    try:
+        token = host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
+    except DomainLocked as exc:
+        log.error("job %s: cannot take the lock of %s back: %s", req.job_id, req.domain, exc)
+        return None
+    plan = {**plan, "fence": token}
+    host.files.write_journal(req.job_id, {**entry, "plan": plan})
+    return plan
+
+
+def _recover_planned(host: Host, req: jobs.AnyRequest, plan: dict[str, Any],
+                     entry: dict[str, Any], why: str) -> None:
+    from workers.engine.delete import carry_out_delete
+    from workers.engine.revert import carry_out_revert
+
     if isinstance(req, RevertRequest):
         carry_out_revert(host, req, plan, done=entry.get("phase"), why=why)
         return

@@ -123,7 +123,8 @@ def carry_out_revert(host: Host, req: RevertRequest, plan: dict[str, Any], *,
             elif phase == "start":
                 _start(host, req, plan, config, emit)
             elif phase == "commit":
-                host.store.put_snapshots(req.domain, [], current=req.name)
+                host.store.put_snapshots(req.domain, [], current=req.name,
+                                         fence=jobs.fence_of(req, plan))
                 _drop_abandoned(host, req, DomainConfig.model_validate(plan["old_config"]),
                                 config)
             _noted(host, req, phase)
