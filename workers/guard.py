@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import DomsnapError
+from domsnap.errors import DomsnapError, UnknownDomain
 from domsnap.settings import Settings, get_settings
 from workers.engine.recovery import job_lock, recover_entry, request_of
 from workers.host import Host, build_host
@@ -82,6 +82,8 @@ class Guard:
         entry = self.host.files.read_journal(job_id)
         try:
             state = self._settle(uuid, entry)
+        except UnknownDomain:
+            state = "gone (the host no longer has the domain)"
         except Exception as exc:  # noqa: BLE001 - recorded once, tried again next round
             if job_id not in self.unsettled:
                 self.unsettled.add(job_id)
