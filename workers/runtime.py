@@ -171,6 +171,9 @@ def run(settings: Settings, *, loglevel: str = "INFO") -> int:
         while not stop.is_set():
             for pool in pools:
                 pool.tend()
+            if guard.poll() is not None:  # it only exits by itself once no worker runs
+                log.error("the pause guard exited with %s; starting it again", guard.returncode)
+                guard = start_guard(settings)
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_S
                 try:

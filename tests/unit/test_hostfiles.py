@@ -206,3 +206,11 @@ def test_guard_record_is_appended_json_lines(files: HostFiles) -> None:
     files.guard_record({"event": "recovered", "job_id": J1})
     assert [e["event"] for e in files.guard_events()] == ["budget-expired", "recovered"]
     assert mode(files.guard_log_path) == 0o600
+
+
+def test_begin_disk_tells_a_cut_short_attempt(files: HostFiles) -> None:
+    assert files.begin_disk(J1, "vda") is True
+    assert files.begin_disk(J1, "vda") is False  # started before: undo it first
+    assert files.begin_disk(J1, "vdb") is True
+    files.remove_journal(J1)
+    assert list(files.journal_dir.glob(f"{J1}.disk-*")) == []

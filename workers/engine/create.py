@@ -156,7 +156,8 @@ def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> di
     so they never run while a disk is being taken) and runs only while the job is
     still running with its journal at ``admitted``: a disk step delivered after its
     job ended (the worker died, recovery failed it) does nothing. A disk step cut
-    short before is undone, then taken again."""
+    short before (its start is noted on the host) is undone, then taken again; a disk
+    that already held a snapshot of that name made behind domsnap's back is refused."""
     op = DiskOp(**disk)
     with job_lock(host, req.job_id, shared=True):
         entry = host.files.read_journal(req.job_id)
@@ -176,7 +177,8 @@ def _offline_disk(host: Host, req: CreateRequest, op: DiskOp) -> dict[str, Any]:
         if host.driver.is_active(req.domain):
             raise Refused("the domain started while its disks were being snapshotted offline")
         host.files.domain_dir(req.domain)
-        undo_offline(host.img, host.lvm, op, req.name)  # what a cut-short attempt left
+        if not host.files.begin_disk(req.job_id, op.vdev):
+            undo_offline(host.img, host.lvm, op, req.name)  # what a cut-short attempt left
         faults.point("offline-disk")
         take_offline(host.img, host.lvm, op, req.name)
         ms = round((time.monotonic() - t0) * 1000, 3)

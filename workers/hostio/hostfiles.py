@@ -75,7 +75,21 @@ class HostFiles:
 
     def remove_journal(self, job_id: str) -> None:
         self.journal_path(job_id).unlink(missing_ok=True)
+        for p in self.journal_dir.glob(f"{job_id}.disk-*"):
+            p.unlink(missing_ok=True)
         (self.lock_dir / f"{job_id}.lock").unlink(missing_ok=True)
+
+    def begin_disk(self, job_id: str, vdev: str) -> bool:
+        """Note that an offline disk step of ``job_id`` starts on ``vdev``; False if an
+        earlier attempt of it had started already (it was cut short: undo it first)."""
+        self.journal_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(self.journal_dir / f"{job_id}.disk-{vdev}",
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True
 
     def journals(self) -> list[dict[str, Any]]:
         if not self.journal_dir.is_dir():
