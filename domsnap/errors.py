@@ -116,6 +116,13 @@ class DomainLocked(Conflict):
     code = "domain_locked"
 
 
+class LockLost(Conflict):
+    """A holder whose lease ran out (or whose job was taken over by recovery) tried to
+    commit: fencing refused it."""
+
+    code = "lock_lost"
+
+
 class SnapshotExists(Conflict):
     code = "snapshot_exists"
 

@@ -29,12 +29,24 @@ class Keys:
         return self._dom(uuid) + ":reserved"
 
     def lock(self, uuid: str) -> str:
-        """string: job id of the mutating operation running on the domain."""
+        """string: job id of the mutating operation running on the domain (a lease)."""
         return self._dom(uuid) + ":lock"
+
+    def lock_token(self, uuid: str) -> str:
+        """string: the fencing token of the lock's current holder (expires with it)."""
+        return self._dom(uuid) + ":lock:token"
+
+    def fence(self, uuid: str) -> str:
+        """string: the domain's fencing counter (monotonic, never expires)."""
+        return self._dom(uuid) + ":fence"
 
     # one job
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}"
+
+    def job_fence(self, job_id: str) -> str:
+        """string: the fencing token of whoever may end the job now."""
+        return f"{self.prefix}:job:{{{job_id}}}:fence"
 
     def job_events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}:events"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -20,6 +21,7 @@ from domsnap.errors import (
     DomainLocked,
     HostUnavailable,
     InvalidInput,
+    LockLost,
     SchemaMismatch,
     SnapshotExists,
     StoreUnavailable,
@@ -38,6 +40,15 @@ from schemas.models import (
 )
 
 P = ParamSpec("P")
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a lock holder presents to commit: its job and the token it was given."""
+
+    job_id: str
+    token: int
+
 T = TypeVar("T")
 
 # KEYS: snapshots, reserved. ARGV: name, job_id
@@ -59,12 +70,54 @@ if owner and owner ~= ARGV[2] then return 'reserved:' .. owner end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 'ok'
 """
-# KEYS: lock. ARGV: job_id, ttl
+# KEYS: lock, lock token, fence counter. ARGV: job_id, ttl
+# Every acquisition (the same job again included: a recovery taking a job over)
+# gets a new token, so an earlier holder of the same job is fenced off too.
 _ACQUIRE = """
 local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return owner end
+if owner and owner ~= ARGV[1] then return 'busy:' .. owner end
+local token = redis.call('INCR', KEYS[3])
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
-return 'ok'
+redis.call('SET', KEYS[2], token, 'EX', tonumber(ARGV[2]))
+return 'ok:' .. token
+"""
+# KEYS: lock, lock token. ARGV: job_id, token, ttl
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return 1
+"""
+# KEYS: lock, lock token. ARGV: job_id, token
+_RELEASE_FENCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+# A fenced write of a domain's records: done only while the lock is the caller's.
+# KEYS: lock, lock token, snapshots, meta, reserved.
+# ARGV: job_id, token, name to delete or '', current ('keep' | 'del' | 'set:NAME'),
+#       reserved name to drop or '', then name/json pairs to write.
+_FENCED_WRITE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] ~= '' then redis.call('HDEL', KEYS[3], ARGV[3]) end
+local i = 6
+while i < #ARGV do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if ARGV[4] == 'del' then redis.call('HDEL', KEYS[4], 'current')
+elseif string.sub(ARGV[4], 1, 4) == 'set:' then
+  redis.call('HSET', KEYS[4], 'current', string.sub(ARGV[4], 5))
+end
+if ARGV[5] ~= '' then redis.call('HDEL', KEYS[5], ARGV[5]) end
+return 1
 """
 # KEYS: key. ARGV: expected value
 _DEL_IF = """
@@ -115,6 +168,9 @@ class Store:
         self._reserve = client.register_script(_RESERVE)
         self._claim = client.register_script(_CLAIM)
         self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release_fenced = client.register_script(_RELEASE_FENCED)
+        self._fenced_write = client.register_script(_FENCED_WRITE)
         self._del_if = client.register_script(_DEL_IF)
         self._hdel_if = client.register_script(_HDEL_IF)
 
@@ -155,10 +211,35 @@ class Store:
     def release_name(self, uuid: str, name: str, job_id: str) -> None:
         self._hdel_if(keys=[self.keys.reserved(uuid)], args=[name, job_id])
 
+    def _fenced(self, uuid: str, fence: Fence, *, delete: str = "", current: str = "keep",
+                reserved: str = "", records: list[SnapshotRecord] | None = None) -> None:
+        args: list[str] = [fence.job_id, str(fence.token), delete, current, reserved]
+        for rec in records or []:
+            args += [rec.name, rec.model_dump_json()]
+        k = self.keys
+        ok = self._fenced_write(keys=[k.lock(uuid), k.lock_token(uuid), k.snapshots(uuid),
+                                      k.meta(uuid), k.reserved(uuid)], args=args)
+        if not ok:
+            raise LockLost(f"job {fence.job_id} no longer holds the lock of domain {uuid} "
+                           f"(token {fence.token}): its lease ran out or another attempt took "
+                           "the job over; nothing was written", domain=uuid, job_id=fence.job_id)
+
+    @staticmethod
+    def _current_arg(current: str | None | bool) -> str:
+        if current is None:
+            return "del"
+        return f"set:{current}" if isinstance(current, str) else "keep"
+
     @_translated
-    def commit_snapshot(self, record: SnapshotRecord, *, job_id: str | None = None) -> None:
-        """Make a snapshot visible and current, and drop its reservation, atomically."""
+    def commit_snapshot(self, record: SnapshotRecord, *, job_id: str | None = None,
+                        fence: Fence | None = None) -> None:
+        """Make a snapshot visible and current, and drop its reservation, atomically;
+        with ``fence``, only while the caller still holds the domain's lock."""
         uuid = record.domain
+        if fence is not None:
+            self._fenced(uuid, fence, current=f"set:{record.name}",
+                         reserved=record.name if job_id else "", records=[record])
+            return
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.snapshots(uuid), record.name, record.model_dump_json())
             pipe.hset(self.keys.meta(uuid), "current", record.name)
@@ -168,8 +249,12 @@ class Store:
 
     @_translated
     def put_snapshots(self, uuid: str, records: list[SnapshotRecord],
-                      *, current: str | None | bool = False) -> None:
-        """Write several records (and optionally the current pointer) in one transaction."""
+                      *, current: str | None | bool = False, fence: Fence | None = None) -> None:
+        """Write several records (and optionally the current pointer) in one transaction;
+        with ``fence``, only while the caller still holds the domain's lock."""
+        if fence is not None:
+            self._fenced(uuid, fence, current=self._current_arg(current), records=records)
+            return
         with self.r.pipeline(transaction=True) as pipe:
             for rec in records:
                 pipe.hset(self.keys.snapshots(uuid), rec.name, rec.model_dump_json())
@@ -181,8 +266,13 @@ class Store:
 
     @_translated
     def remove_snapshot(self, uuid: str, name: str, *, updated: list[SnapshotRecord],
-                        current: str | None) -> None:
-        """Remove a record, rewrite the records it changed (parents), set current: atomically."""
+                        current: str | None, fence: Fence | None = None) -> None:
+        """Remove a record, rewrite the records it changed (parents), set current: atomically;
+        with ``fence``, only while the caller still holds the domain's lock."""
+        if fence is not None:
+            self._fenced(uuid, fence, delete=name, current=self._current_arg(current),
+                         records=updated)
+            return
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.snapshots(uuid), name)
             for rec in updated:
@@ -214,17 +304,36 @@ class Store:
     # ------------------------------------------------------------ locks
 
     @_translated
-    def acquire_lock(self, uuid: str, job_id: str, ttl_s: int) -> None:
-        """Take the domain's mutation lock; the same job may take it again (redelivery)."""
-        res = str(self._acquire(keys=[self.keys.lock(uuid)], args=[job_id, ttl_s]))
-        if res != "ok":
+    def acquire_lock(self, uuid: str, job_id: str, ttl_s: int) -> int:
+        """Take the domain's mutation lock, a lease of ``ttl_s`` that the holder renews
+        (:meth:`renew_lock`); the same job may take it again (redelivery, recovery).
+        Returns the fencing token: a number larger than every earlier holder's, which
+        fenced commits must present. The job's own fence follows (:meth:`update_job`)."""
+        k = self.keys
+        res = str(self._acquire(keys=[k.lock(uuid), k.lock_token(uuid), k.fence(uuid)],
+                                args=[job_id, ttl_s]))
+        if res.startswith("busy:"):
+            owner = res[5:]
             raise DomainLocked(
-                f"domain {uuid} is busy: job {res} is running a snapshot operation on it",
-                domain=uuid, job_id=res,
+                f"domain {uuid} is busy: job {owner} is running a snapshot operation on it",
+                domain=uuid, job_id=owner,
             )
+        token = int(res[3:])
+        self.r.set(k.job_fence(job_id), str(token), ex=self.job_ttl_s)
+        return token
 
     @_translated
-    def release_lock(self, uuid: str, job_id: str) -> bool:
+    def renew_lock(self, fence: Fence, uuid: str, ttl_s: int) -> bool:
+        """Extend the lease; False if the caller no longer holds the lock."""
+        return bool(self._renew(keys=[self.keys.lock(uuid), self.keys.lock_token(uuid)],
+                                args=[fence.job_id, str(fence.token), ttl_s]))
+
+    @_translated
+    def release_lock(self, uuid: str, job_id: str, *, fence: Fence | None = None) -> bool:
+        if fence is not None:
+            return bool(self._release_fenced(
+                keys=[self.keys.lock(uuid), self.keys.lock_token(uuid)],
+                args=[fence.job_id, str(fence.token)]))
         return bool(self._del_if(keys=[self.keys.lock(uuid)], args=[job_id]))
 
     @_translated
@@ -253,15 +362,21 @@ class Store:
         return job
 
     @_translated
-    def update_job(self, job_id: str, **changes: Any) -> JobRecord:
+    def update_job(self, job_id: str, *, fence: Fence | None = None, **changes: Any) -> JobRecord:
+        """Change a job record. With ``fence``, only if the caller's token is still the
+        job's (a stale attempt of a job that recovery took over cannot end it)."""
         key = self.keys.job(job_id)
+        fkey = self.keys.job_fence(job_id)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key, fkey)
                     raw = pipe.get(key)
                     if raw is None:
                         raise UnknownJob(f"no job {job_id}", job_id=job_id)
+                    if fence is not None and pipe.get(fkey) not in (None, str(fence.token)):
+                        raise LockLost(f"job {job_id}: token {fence.token} was superseded; "
+                                       "the job is not ended by this attempt", job_id=job_id)
                     job = _load(JobRecord, raw, f"job {job_id}")
                     try:
                         job = job.model_validate({**job.model_dump(), **changes})

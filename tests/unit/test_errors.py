@@ -39,6 +39,7 @@ def samples() -> list[DomsnapError]:
         E.Conflict("conflict"),
         E.DomainLocked("domain u is busy: job j1", domain="u", job_id="j1"),
         E.SnapshotExists("snapshot 's1' already exists", name="s1"),
+        E.LockLost("job j1 no longer holds the lock of domain u", domain="u", job_id="j1"),
         E.Refused("raw images have no internal snapshots", disk="xvdb"),
         E.InsufficientSpace("not enough free space for memory image /s/m.save (160 MiB)",
                             path="/s/m.save", needed=436207616, free=1048576),
@@ -102,8 +103,8 @@ def test_exit_codes() -> None:
     expected: dict[type[DomsnapError], int] = {
         DomsnapError: 1, InvalidInput: 2, ConfigFileError: 2, E.NotFound: 3,
         E.UnknownDomain: 3, E.UnknownSnapshot: 3, E.UnknownJob: 3, E.Conflict: 4,
-        E.DomainLocked: 4, E.SnapshotExists: 4, E.Refused: 5, E.InsufficientSpace: 5,
-        E.HostUnavailable: 6,
+        E.DomainLocked: 4, E.SnapshotExists: 4, E.LockLost: 4, E.Refused: 5,
+        E.InsufficientSpace: 5, E.HostUnavailable: 6,
         E.SchemaMismatch: 7, E.BackendError: 8, CommandFailed: 8, QMPError: 8,
         E.StoreUnavailable: 8, E.XlParseError: 8, E.OperationTimeout: 9,
         E.OperationFailed: 10, E.Cancelled: 10,
@@ -119,7 +120,7 @@ def test_hierarchy() -> None:
     assert issubclass(ConfigFileError, InvalidInput)
     families: dict[type[DomsnapError], list[type[DomsnapError]]] = {
         E.NotFound: [E.UnknownDomain, E.UnknownSnapshot, E.UnknownJob],
-        E.Conflict: [E.DomainLocked, E.SnapshotExists],
+        E.Conflict: [E.DomainLocked, E.LockLost, E.SnapshotExists],
         E.BackendError: [CommandFailed, QMPError, E.StoreUnavailable],
     }
     for parent, children in families.items():

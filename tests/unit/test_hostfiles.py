@@ -183,3 +183,34 @@ def test_pausing_jobs_ignores_leftover_temp_file(files: HostFiles) -> None:
     files.mark_pausing(U, J1)
     (files.pause_dir / f".{U2}.tmp").write_text(json.dumps({"job_id": J2, "since": 1.0}))
     assert files.pausing_jobs() == {U: J1}
+
+
+def test_pause_marker_carries_its_deadline(files: HostFiles) -> None:
+    before = time.time()
+    files.mark_pausing(U, J1, budget_s=42.5)
+    m = files.pause_markers()[U]
+    assert m["job_id"] == J1
+    assert before <= m["since"] <= time.time()
+    assert m["deadline"] == pytest.approx(m["since"] + 42.5)
+
+
+def test_pause_marker_without_deadline_is_due_at_once(files: HostFiles) -> None:
+    """A marker written before budgets existed has no deadline: the guard acts on it."""
+    files.pause_dir.mkdir(parents=True)
+    (files.pause_dir / U).write_text(json.dumps({"job_id": J1, "since": 5.0}))
+    assert files.pause_markers()[U]["deadline"] == 0.0
+
+
+def test_guard_record_is_appended_json_lines(files: HostFiles) -> None:
+    files.guard_record({"event": "budget-expired", "job_id": J1})
+    files.guard_record({"event": "recovered", "job_id": J1})
+    assert [e["event"] for e in files.guard_events()] == ["budget-expired", "recovered"]
+    assert mode(files.guard_log_path) == 0o600
+
+
+def test_begin_disk_tells_a_cut_short_attempt(files: HostFiles) -> None:
+    assert files.begin_disk(J1, "vda") is True
+    assert files.begin_disk(J1, "vda") is False  # started before: undo it first
+    assert files.begin_disk(J1, "vdb") is True
+    files.remove_journal(J1)
+    assert list(files.journal_dir.glob(f"{J1}.disk-*")) == []

@@ -243,3 +243,17 @@ def test_driver_is_xl_where_xl_is_on_path(env: pytest.MonkeyPatch, tmp_path: Pat
     env.delenv("DOMSNAP_DRIVER")
     env.setenv("DOMSNAP_XL_BINARY", "no-such-xl")
     assert Settings().driver == "qemu"
+
+
+def test_pause_budget_is_sized_from_memory_never_below_the_minimum(
+        env: pytest.MonkeyPatch) -> None:
+    s = Settings()
+    assert s.pause_budget_for(128) == 30.0  # 10 + 2*128/40 = 16.4 -> the 30 s floor
+    assert s.pause_budget_for(16384) == pytest.approx(10 + 2 * 16384 / 40)
+    env.setenv("DOMSNAP_PAUSE_BUDGET_MIN_S", "45")
+    assert Settings().pause_budget_for(128) == 45.0
+    env.setenv("DOMSNAP_PAUSE_BUDGET_S", "3")  # explicit: used as is
+    assert Settings().pause_budget_for(16384) == 3.0
+    env.setenv("DOMSNAP_PAUSE_BUDGET_S", "-1")
+    with pytest.raises(ValidationError):
+        Settings()

@@ -442,7 +442,8 @@ def test_store_writes_domain_keys_under_its_hash_tag(store: Store,
     store.commit_snapshot(rec("s1"))
     store.reserve_name(U, "s2", J1)
     domain_keys = [k for k in r.keys("*") if U in k]
-    assert len(domain_keys) == 4
+    # snapshots, meta, reserved, lock, lock:token, fence
+    assert len(domain_keys) == 6
     for key in domain_keys:
         assert key[key.index("{") + 1:key.index("}")] == U
 
@@ -450,7 +451,10 @@ def test_store_writes_domain_keys_under_its_hash_tag(store: Store,
 def test_prefix_is_used(r: Any) -> None:
     s = Store(r, prefix="other")
     s.acquire_lock(U, J1, 60)
-    assert r.keys("*") == [f"other:dom:{{{U}}}:lock"]
+    assert sorted(r.keys("*")) == sorted([f"other:dom:{{{U}}}:lock",
+                                          f"other:dom:{{{U}}}:lock:token",
+                                          f"other:dom:{{{U}}}:fence",
+                                          f"other:job:{{{J1}}}:fence"])
 
 
 # ---------------------------------------------------------------- Redis down

@@ -17,6 +17,9 @@ from domsnap.errors import DomsnapError, OperationTimeout, QMPError
 from workers.block.blocknodes import format_node_for
 from workers.block.qmp import QMPClient
 from workers.drivers.base import DiskOp
+from workers.hostio import faults
+
+JOB_PREFIX = "ds-commit-"
 
 
 def transaction(q: QMPClient, actions: list[dict[str, Any]]) -> float:
@@ -62,9 +65,38 @@ def delete_internal(q: QMPClient, *, name: str, path: str) -> None:
     q.execute("blockdev-snapshot-delete-internal-sync", {"device": node, "name": name})
 
 
+def settle_jobs(q: QMPClient, *, timeout: float) -> list[str]:
+    """Finish the merges an earlier attempt left in QEMU (a worker killed mid-commit):
+    a job that is ``ready`` is completed (its data is in the base already; completing
+    pivots the device onto the base), a running one is waited for, a concluded one is
+    dismissed. Until then QEMU refuses other block work ("Need a root block node")."""
+    done = []
+    for j in q.execute("query-jobs"):
+        job = str(j.get("id", ""))
+        if job.startswith(JOB_PREFIX):
+            wait_job(q, job, ready=True, timeout=timeout, dismiss_errors=True)
+            done.append(job)
+    return done
+
+
+def in_use(q: QMPClient, path: str) -> bool:
+    """Whether some device's chain holds the image ``path``."""
+    try:
+        root_of(q, path)
+        return True
+    except QMPError:
+        return False
+
+
 def commit(q: QMPClient, *, top: str, base: str, timeout: float) -> None:
-    """Merge image ``top`` into its backing ``base`` while the guest runs."""
+    """Merge image ``top`` into its backing ``base`` while the guest runs. Safe to run
+    again: a merge an earlier attempt left in QEMU is finished first, and a ``top`` that
+    no device uses any more was merged already."""
+    settle_jobs(q, timeout=timeout)
     nodes = q.execute("query-named-block-nodes")
+    if not in_use(q, top):
+        drop_orphans(q, nodes, top)
+        return
     top_node = format_node_for(nodes, top)
     base_node = format_node_for(nodes, base)
     root = root_of(q, top)
@@ -120,10 +152,11 @@ def commit_active(q: QMPClient, top_node: str, base_node: str | None = None, *,
 
 
 def _job_id() -> str:
-    return f"ds-commit-{int(time.time() * 1000) % 10**9}"
+    return f"{JOB_PREFIX}{int(time.time() * 1000) % 10**9}"
 
 
-def wait_job(q: QMPClient, job: str, *, ready: bool, timeout: float) -> None:
+def wait_job(q: QMPClient, job: str, *, ready: bool, timeout: float,
+             dismiss_errors: bool = False) -> None:
     deadline = time.monotonic() + timeout
     while True:
         jobs = {j["id"]: j for j in q.execute("query-jobs")}
@@ -132,11 +165,14 @@ def wait_job(q: QMPClient, job: str, *, ready: bool, timeout: float) -> None:
             raise QMPError(f"block job {job} vanished", sent="query-jobs", received=jobs)
         st = j.get("status")
         if ready and st == "ready":
+            faults.point("commit-ready")
             q.execute("job-complete", {"id": job})
             ready = False
+        elif st == "paused":
+            q.execute("job-resume", {"id": job})
         elif st == "concluded":
             q.execute("job-dismiss", {"id": job})
-            if j.get("error"):
+            if j.get("error") and not dismiss_errors:
                 raise QMPError(f"block job {job} failed: {j['error']}", sent=job, received=j)
             return
         if time.monotonic() > deadline:

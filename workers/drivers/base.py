@@ -90,6 +90,23 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def unpause(self, uuid: str) -> None: ...
 
+    def resume_after_crash(self, uuid: str, *, state: str) -> str:
+        """Bring a domain that an operation cut short (its worker killed, its pause
+        budget spent) to ``state`` ("running" or "paused") and return the state it is in
+        now: "shutoff" when it could only be stopped (a memory restore cut short is never
+        left paused half-loaded). Needs no Redis: the host's guard calls it.
+
+        This default unpauses a paused domain that should run, and pauses a running one
+        that should stay paused."""
+        info = self.domain_info(uuid)
+        if info.state not in ("running", "paused"):
+            return "shutoff"
+        if state == "running" and info.state == "paused":
+            self.unpause(uuid)
+        elif state == "paused" and info.state == "running":
+            self.pause(uuid)
+        return state
+
     def resume_suspended(self, uuid: str) -> bool:
         """Resume a domain that a suspend left shut down and nobody resumed (Xen: an
         ``xl save`` that died after the guest suspended); whether there was one. Only

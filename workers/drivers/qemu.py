@@ -34,6 +34,7 @@ from workers.block.blocknodes import snapshot_actions
 from workers.block.qmp import QMPClient
 from workers.drivers.accel import accelerators
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
+from workers.hostio import faults
 from workers.hostio.fsutil import fsync_path
 from workers.hostio.runner import Runner
 
@@ -165,6 +166,10 @@ class QemuDriver(Driver):
     def domain_info(self, uuid: str) -> DomainInfo:
         cfg = self.domain_config(uuid)
         state = self._runstate(uuid) if self.pid(uuid) else "shutoff"
+        if state == "shutoff" and self.pid(uuid):
+            # a QEMU alive although the file says shut off: a start that never finished
+            # (e.g. a memory restore cut short): not running, so paused
+            state = "paused"
         disks = [DiskInfo(vdev=d.vdev, path=d.target, format=d.format, writable=d.writable,
                           cdrom=d.devtype == "cdrom", backend="qemu") for d in cfg.disks]
         return DomainInfo(uuid=uuid, name=cfg.name, state=state,  # type: ignore[arg-type]
@@ -200,13 +205,41 @@ class QemuDriver(Driver):
             q.execute("cont")
         self._runstate(uuid, "running")
 
+    def resume_after_crash(self, uuid: str, *, state: str) -> str:
+        """See :meth:`Driver.resume_after_crash`. A memory save left at or past the
+        switchover is cancelled; block nodes that a completed save inactivated are
+        activated again (``cont``, then ``stop`` for a paused domain, as after every
+        paused memory save) before anyone does block work on them; a QEMU still in
+        ``inmigrate`` (a restore cut short) is stopped: it cannot run half-loaded."""
+        if not self.pid(uuid):
+            return "shutoff"
+        with self._qmp(uuid) as q:
+            status = str(q.execute("query-status")["status"])
+            if status != "inmigrate":
+                self._abort_migration(q)
+                self._wait_finalized(q)
+                status = str(q.execute("query-status")["status"])
+                if status != "running" and (state == "running" or status in (
+                        "postmigrate", "finish-migrate")):
+                    q.execute("cont")
+                    status = "running"
+                if state == "paused" and status == "running":
+                    q.execute("stop")
+                    status = "paused"
+        if status == "inmigrate":
+            self.destroy(uuid)
+            return "shutoff"
+        state = "running" if status == "running" else "paused"
+        self._runstate(uuid, state)
+        return state
+
     # ------------------------------------------------------------ create
 
     def capture(self, uuid: str, *, name: str, memory_file: Path | None,
                 disks: list[DiskOp], progress: Progress) -> LiveResult:
         result = LiveResult()
         with self._qmp(uuid) as q:
-            status = q.execute("query-status")["status"]
+            status = str(q.execute("query-status")["status"])
             was_running = status == "running"
             result.domain_state = "running" if was_running else "paused"
             nodes = q.execute("query-named-block-nodes")
@@ -265,9 +298,11 @@ class QemuDriver(Driver):
             if info.get("status") != "pre-switchover":
                 raise QMPError(f"memory save stopped: {info.get('status')}: "
                                f"{info.get('error-desc', '')}", sent="migrate", received=info)
+            faults.point("capture-pre-switchover")
             # The guest is stopped here: take every disk at once, then switch over.
             self._transaction(q, actions, result)
             disks_taken = True
+            faults.point("capture-after-transaction", qemu=lambda: self.pid(uuid))
             q.execute("migrate-continue", {"state": "pre-switchover"})
             info = q.poll("query-migrate", None,
                           until=lambda r: r.get("status") in ("completed", "failed", "cancelled"),
@@ -276,6 +311,7 @@ class QemuDriver(Driver):
                 raise QMPError(f"memory save failed: {info.get('error-desc', info.get('status'))}",
                                sent="migrate-continue", received=info)
             self._wait_finalized(q)
+            faults.point("capture-after-switchover")
             # A completed migration inactivates the block nodes (and leaves the run state
             # postmigrate, from which no later snapshot can start); `cont` activates them
             # again. QEMU 7.2 has no other way back, so a domain that was paused gets a
@@ -389,6 +425,7 @@ class QemuDriver(Driver):
                                "(107 bytes): set a shorter DOMSNAP_RUN_DIR", field="run_dir")
         sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         sock.unlink(missing_ok=True)
+        self._runstate(uuid, "paused")  # until it is known to run: never "shutoff" while alive
         self.runner(self._argv(uuid, config, paused=paused or memory_file is not None,
                                incoming=memory_file is not None), timeout=120)
         self.set_domain_config(uuid, config)
@@ -403,6 +440,7 @@ class QemuDriver(Driver):
                 finally:
                     os.close(fd)
                 q.execute("migrate-incoming", {"uri": f"fd:{MEM_FD}"})
+                faults.point("restore-incoming")
                 st = q.poll("query-status", None,
                             until=lambda r: r.get("status") != "inmigrate", timeout=self.timeout)
                 if st.get("status") not in ("paused", "prelaunch", "postmigrate"):

@@ -225,6 +225,14 @@ class XlDriver(Driver):
     def unpause(self, uuid: str) -> None:
         self._xl("unpause", str(self._running(uuid)[0]), timeout=60)
 
+    def resume_after_crash(self, uuid: str, *, state: str) -> str:
+        """A domain that a dead ``xl save`` left suspended (``---ss-``: ``xl unpause``
+        cannot resume it) is resumed first, as libxl does after a failed save
+        (:meth:`resume_suspended`); then ``xl unpause`` or ``xl pause`` to the wanted
+        state."""
+        self.resume_suspended(uuid)
+        return super().resume_after_crash(uuid, state=state)
+
     def destroy(self, uuid: str) -> None:
         found = self._lookup(uuid)
         if found is not None:

@@ -75,6 +75,7 @@ def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:
     try:
         if req.host != host.name:
             raise Refused(f"request for host {req.host} reached host {host.name}")
+        jobs.note_admitting(host, req)
         jobs.wait_for_gate(host, req, emit)
         info = host.driver.domain_info(req.domain)
         require_operable(info)

@@ -22,8 +22,9 @@ from workers.drivers.base import DiskOp
 from workers.engine import capacity, jobs
 from workers.engine.diskops import take_offline, undo_offline
 from workers.engine.formats import OVERLAY_BASES
-from workers.engine.recovery import guarded
+from workers.engine.recovery import guarded, job_lock, remove_parts
 from workers.host import Host
+from workers.hostio import faults
 from workers.hostio.paths import confined
 
 
@@ -132,7 +133,12 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
                         memory_save_ms=live.memory_save_ms, memory_bytes=live.memory_bytes,
                         domain_state=live.domain_state)
     except BaseException as exc:
-        _rollback(host, req, plan, live_taken=captured)
+        if not captured and not _still_active(host, req.domain):
+            # the hypervisor died under the capture (its QEMU killed after the disk
+            # transaction): the driver could not undo its part, so do it offline
+            remove_parts(host, req, plan)
+        else:
+            _rollback(host, req, plan, live_taken=captured)
         jobs.fail(host, req, exc)
         raise
     # Past this point the snapshot is ready: a failure to report it must not undo it.
@@ -140,16 +146,47 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
     return result
 
 
+def _still_active(host: Host, uuid: str) -> bool:
+    try:
+        return host.driver.is_active(uuid)
+    except DomsnapError:
+        return False
+
+
 def run_offline_disk(host: Host, req: CreateRequest, disk: dict[str, Any]) -> dict[str, Any]:
     """One disk of a shut-off domain. Returns a result dict, never raises for disk errors:
-    the finishing step sees every disk's outcome and rolls back the ones that worked."""
+    the finishing step sees every disk's outcome and rolls back the ones that worked.
+
+    Guarded like every continuation, but the disks of one job run in parallel: each
+    holds the job's lock shared (the finishing step and recovery hold it exclusive,
+    so they never run while a disk is being taken) and runs only while the job is
+    still running with its journal at ``admitted``: a disk step delivered after its
+    job ended (the worker died, recovery failed it) does nothing. A disk step cut
+    short before (its start is noted on the host) is undone, then taken again; a disk
+    that already held a snapshot of that name made behind domsnap's back is refused."""
     op = DiskOp(**disk)
+    with job_lock(host, req.job_id, shared=True):
+        entry = host.files.read_journal(req.job_id)
+        try:
+            state = host.store.get_job(req.job_id).state
+        except DomsnapError as exc:
+            return {"vdev": op.vdev, "ok": False, "error": exc.message}
+        if state != "running" or entry is None or entry.get("step") != "admitted":
+            return {"vdev": op.vdev, "ok": False, "skipped": True,
+                    "error": f"the job is {state}: this disk step came too late and did nothing"}
+        return _offline_disk(host, req, op)
+
+
+def _offline_disk(host: Host, req: CreateRequest, op: DiskOp) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         if host.driver.is_active(req.domain):
             raise Refused("the domain started while its disks were being snapshotted offline")
         jobs.check_cancel(host, req, "before this disk")
         host.files.domain_dir(req.domain)
+        if not host.files.begin_disk(req.job_id, op.vdev):
+            undo_offline(host.img, host.lvm, op, req.name)  # what a cut-short attempt left
+        faults.point("offline-disk")
         take_offline(host.img, host.lvm, op, req.name)
         ms = round((time.monotonic() - t0) * 1000, 3)
         jobs.progress_for(host, req.job_id)("disk", f"{op.vdev}: {op.type} snapshot in {ms} ms")
@@ -210,7 +247,8 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
         parent=host.store.current(req.domain), disks=snaps, domain_config=config,
         job_id=req.job_id)
     host.files.write_sidecar(record)
-    host.store.commit_snapshot(record, job_id=req.job_id)
+    faults.point("commit-sidecar")
+    host.store.commit_snapshot(record, job_id=req.job_id, fence=jobs.fence_of(req, plan))
     result = {"name": record.name, "pause_ms": pause_ms, "memory_save_ms": memory_save_ms,
               "memory_bytes": memory_bytes, "disk_only": record.disk_only,
               "disks": [s.model_dump(mode="json") for s in snaps]}

@@ -14,13 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import Refused
+from domsnap.errors import OperationFailed, Refused
 from schemas.config import DomainConfig
 from schemas.models import DeleteRequest, DomainInfo, SnapshotRecord
 from workers.engine import jobs
 from workers.engine.formats import known_formats, walk
 from workers.engine.recovery import guarded
 from workers.host import Host
+from workers.hostio import faults
 
 
 def _chain(host: Host, path: str | None, formats: dict[str, str]) -> list[str]:
@@ -103,36 +104,58 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
 
 @guarded("delete")
 def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str, Any]:
+    return carry_out_delete(host, req, plan, done=0)
+
+
+def carry_out_delete(host: Host, req: DeleteRequest, plan: dict[str, Any], *, done: int,
+                     why: str | None = None) -> dict[str, Any]:
+    """The delete, from step ``done`` of the plan on (then the records). The journal
+    notes each step as it ends, so a worker killed anywhere is carried forward from
+    the step it was in (start-up recovery, a redelivered step): every step is safe to
+    run again (a merge QEMU still holds is finished first, one done already is not
+    done twice, renames and removals are idempotent). A delete only moves data down
+    into images that stay: carrying it forward loses nothing."""
     emit = jobs.progress_for(host, req.job_id)
     try:
-        jobs.check_cancel(host, req, "before it touched the domain")
-        renames: dict[str, tuple[str, str]] = {}
-        for step in plan["steps"]:
+        if done == 0 and why is None:
+            jobs.check_cancel(host, req, "before it touched the domain")
+        steps = plan["steps"]
+        renames: dict[str, tuple[str, str]] = {
+            s["top"]: (s["base"], s.get("base_format", "qcow2")) for s in steps[:done]
+            if s["op"] == "commit"}
+        for index in range(done, len(steps)):
+            step = steps[index]
             op = step["op"]
             if op == "internal":
                 emit("disk", f"{step['vdev']}: deleting internal snapshot")
-                if step["live"]:
+                if req.name not in host.img.snapshot_list(step["path"], force_share=True):
+                    pass  # deleted already (an attempt cut short)
+                elif step["live"] and host.driver.is_active(req.domain):
                     host.driver.delete_internal_live(req.domain, name=req.name, path=step["path"])
-                elif req.name in host.img.snapshot_list(step["path"]):
+                else:
                     host.img.snapshot_delete(step["path"], req.name)
             elif op == "commit":
                 emit("disk", f"{step['vdev']}: merging {step['top']} into {step['base']}")
-                if step["live"]:
+                if step["live"] and host.driver.is_active(req.domain):
                     host.driver.commit_live(req.domain, top=step["top"], base=step["base"])
-                else:
-                    host.img.commit(step["top"])
+                elif os.path.exists(step["top"]):
+                    host.img.commit(step["top"])  # again after a cut attempt: harmless
+                faults.point("delete-after-commit")
                 base_fmt = step.get("base_format", "qcow2")  # journals of older versions
                 for child in step["rebase"]:
-                    host.img.rebase(child, step["base"], backing_fmt=base_fmt, unsafe=True)
+                    if os.path.exists(child):
+                        host.img.rebase(child, step["base"], backing_fmt=base_fmt, unsafe=True)
                 renames[step["top"]] = (step["base"], base_fmt)
+                _apply_renames(host, req, plan, renames)  # nothing may name the merged image
                 Path(step["top"]).unlink(missing_ok=True)
             elif op == "lvm-remove":
                 emit("disk", f"{step['vdev']}: removing LVM snapshot {step['path']}")
                 host.lvm.remove(step["path"])
             elif op == "rm":
                 Path(step["path"]).unlink(missing_ok=True)
+            _noted(host, req, index + 1)
         if renames:
-            _apply_renames(host, req, renames)
+            _apply_renames(host, req, plan, renames)
         if plan["memory_file"]:
             Path(plan["memory_file"]).unlink(missing_ok=True)
         updated = []
@@ -143,17 +166,32 @@ def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str
                 updated.append(rec)
         current = host.store.current(req.domain)
         host.store.remove_snapshot(req.domain, req.name, updated=updated,
-                                   current=plan["parent"] if current == req.name else current)
+                                   current=plan["parent"] if current == req.name else current,
+                                   fence=jobs.fence_of(req, plan))
         host.files.remove_sidecar(req.domain, req.name)
-        result = {"name": req.name, "deleted": True}
+        result: dict[str, Any] = {"name": req.name, "deleted": True}
+        if why is not None:
+            result["recovered"] = True
+            emit("recovered", f"{why}; the delete was carried forward and completed")
         jobs.succeed(host, req, result)
         return result
     except BaseException as exc:
+        if why is not None:
+            exc = OperationFailed(f"{why}; carrying the delete forward failed: {exc}")
         jobs.fail(host, req, exc)
-        raise
+        if why is None:
+            raise
+        return {}
 
 
-def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, tuple[str, str]]) -> None:
+def _noted(host: Host, req: DeleteRequest, done: int) -> None:
+    entry = host.files.read_journal(req.job_id)
+    if entry is not None:
+        host.files.write_journal(req.job_id, {**entry, "done": done})
+
+
+def _apply_renames(host: Host, req: DeleteRequest, plan: dict[str, Any],
+                   renames: dict[str, tuple[str, str]]) -> None:
     """After merging C into F, everything that named C names F, with F's format (C was
     a qcow2 overlay; F may be a raw image)."""
     def fix(p: str | None) -> str | None:
@@ -179,7 +217,7 @@ def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, tuple[str,
             host.files.write_sidecar(new)
             changed.append(new)
     if changed:
-        host.store.put_snapshots(req.domain, changed)
+        host.store.put_snapshots(req.domain, changed, fence=jobs.fence_of(req, plan))
     cfg: DomainConfig = host.driver.domain_config(req.domain)
     host.driver.set_domain_config(req.domain, cfg.model_copy(update={"disks": [
         d.model_copy(update={"target": fix(d.target), "format": fmt(d.target, d.format)})

@@ -20,11 +20,14 @@ from domsnap.errors import (
     OperationFailed,
     OperationTimeout,
     StoreUnavailable,
+    UnknownJob,
 )
+from domsnap.store import Fence
 from schemas.models import CreateRequest, DeleteRequest, ErrorInfo, JobRecord, RevertRequest
 from workers.engine import audit
 from workers.engine.requests import duplicate_submission
 from workers.host import Host
+from workers.hostio import faults
 from workers.hostio.currentfile import write_current
 
 AnyRequest = CreateRequest | RevertRequest | DeleteRequest
@@ -59,6 +62,7 @@ def wait_for_gate(host: Host, req: AnyRequest, emit: Progress) -> None:
     work for this host. Bounded by the pause budget, so a stale marker cannot wedge
     the host (the crash-safety path clears stale markers).
     """
+    faults.point("admit-gate")
     deadline = time.monotonic() + host.settings.pause_budget_ms / 1000
     announced = False
     while True:
@@ -83,15 +87,38 @@ def check_cancel(host: Host, req: AnyRequest, where: str) -> None:
         raise Cancelled(f"{req.op} of {req.name!r} cancelled {where}", job_id=req.job_id)
 
 
+def fence_of(req: AnyRequest, plan: dict[str, Any] | None) -> Fence | None:
+    """The fencing token this attempt of the job holds (set at admission, renewed when
+    recovery takes the job over), for the commits that must present it."""
+    token = plan.get("fence") if isinstance(plan, dict) else None
+    return Fence(req.job_id, int(token)) if isinstance(token, int) else None
+
+
 def start(host: Host, req: AnyRequest, *, pausing: bool, plan: dict[str, Any]) -> None:
-    """Take the lock, write the journal, mark the job running."""
+    """Take the lock (a lease, with a fencing token that joins the plan), write the
+    journal, mark the job running."""
     check_cancel(host, req, "before it was admitted")
-    host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
+    plan["fence"] = host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
     host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
                                           "plan": plan, "step": "admitted"})
     if pausing:
-        host.files.mark_pausing(req.domain, req.job_id)
+        host.files.mark_pausing(req.domain, req.job_id, budget_s=budget_for(host, plan))
     host.store.update_job(req.job_id, state="running", started_at=time.time())
+
+
+def budget_for(host: Host, plan: dict[str, Any]) -> float:
+    """The pause budget of an operation on the domain its plan describes."""
+    config = plan.get("config") or {}
+    memory = config.get("memory", 128) if isinstance(config, dict) else 128
+    return host.settings.pause_budget_for(int(memory))
+
+
+def note_admitting(host: Host, req: AnyRequest) -> None:
+    """A journal entry before the gate: if this worker dies while the request waits
+    (or plans), start-up recovery fails the job and frees its name at once instead of
+    leaving it queued until the broker gives the message back hours later."""
+    host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
+                                          "step": "admitting"})
 
 
 def succeed(host: Host, req: AnyRequest, result: dict[str, Any]) -> None:
@@ -115,15 +142,20 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
     """Release what admission took, then publish the end: whoever sees the job ended
     may submit the next operation on the domain at once. The journal goes last, so a
     worker that dies in between leaves a trace for start-up recovery."""
+    entry = host.files.read_journal(req.job_id)
+    fence = fence_of(req, entry.get("plan") if entry else None)
     try:
         host.files.clear_pausing(req.domain, req.job_id)
         if isinstance(req, CreateRequest):
             host.store.release_name(req.domain, req.name, req.job_id)
-        host.store.release_lock(req.domain, req.job_id)
+        host.store.release_lock(req.domain, req.job_id, fence=fence)
     finally:
         progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
-        host.store.update_job(req.job_id, state=state, finished_at=time.time(), result=result,
-                              error=error)
+        try:
+            host.store.update_job(req.job_id, fence=fence, state=state,
+                                  finished_at=time.time(), result=result, error=error)
+        except UnknownJob:
+            pass  # Redis lost the job (restarted empty): nothing left to report it to
         if state == "succeeded":
             _note_current(host, req)
         audit.record(host.settings, host.store, who=req.requested_by or "unknown", op=req.op,

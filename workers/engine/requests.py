@@ -6,6 +6,7 @@ job (``duplicate_of``), which is what :meth:`domsnap.store.Store.get_job` with
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from domsnap.errors import Conflict, UnknownJob
 from domsnap.store import Store
@@ -28,6 +29,7 @@ def duplicate_submission(store: Store, req: AnyRequest, job: JobRecord) -> JobRe
         same = (first.op, first.domain, first.name) == (req.op, req.domain, req.name)
     except UnknownJob:
         same = True  # its submitter has claimed the id and not yet written the job
+    changes: dict[str, Any]
     if same:
         changes = {"state": "succeeded", "finished_at": now, "duplicate_of": first_id,
                    "result": {"duplicate_of": first_id, "admitted": False}}

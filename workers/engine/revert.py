@@ -11,17 +11,21 @@ the domain shut off unless asked to start it.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import DomsnapError, Refused
+from domsnap.errors import DomsnapError, OperationFailed, Refused, UnknownSnapshot
 from schemas.config import DomainConfig
 from schemas.models import DomainInfo, RevertRequest, SnapshotRecord
 from workers.engine import capacity, jobs
 from workers.engine.formats import known_formats, walk
 from workers.engine.recovery import guarded
 from workers.host import Host
+from workers.hostio import faults
+
+log = logging.getLogger("domsnap.revert")
 
 
 def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, Any]:
@@ -90,63 +94,141 @@ def _config_after(rec: SnapshotRecord, current: DomainConfig,
     return rec.domain_config.model_copy(update={"disks": disks, "uuid": current.uuid})
 
 
+PHASES = ("stop", "disks", "switch", "start", "commit")
+
+
 @guarded("revert")
 def run_revert(host: Host, req: RevertRequest, plan: dict[str, Any]) -> dict[str, Any]:
+    return carry_out_revert(host, req, plan, done=None)
+
+
+def carry_out_revert(host: Host, req: RevertRequest, plan: dict[str, Any], *,
+                     done: str | None, why: str | None = None) -> dict[str, Any]:
+    """The revert, from the phase after ``done`` (None: from the start). The journal
+    notes each phase as it ends, so a worker killed anywhere is carried forward from
+    there (start-up recovery, a redelivered step, the pause guard): every phase is
+    safe to run again. If it cannot be carried forward the job fails and the domain is
+    left in a defined state: on its old images if the switch had not happened (the
+    pre-revert domain was stopped already), else shut off; never paused half-restored.
+    """
     emit = jobs.progress_for(host, req.job_id)
     config = DomainConfig.model_validate(plan["config"])
-    made: list[str] = []
-    switched = False
+    first = 0 if done not in PHASES else PHASES.index(str(done)) + 1
+    switched = first > PHASES.index("switch")
     try:
         jobs.check_cancel(host, req, "before it touched the domain")
         host.files.domain_dir(req.domain)
-        if host.driver.is_active(req.domain):
-            emit("stop", "stopping the domain")
-            host.driver.destroy(req.domain)
-        for step in plan["steps"]:
-            if step["op"] == "apply":
-                emit("disk", f"{step['vdev']}: applying internal snapshot {req.name}")
-                host.img.snapshot_apply(step["path"], req.name)
-            elif step["op"] == "lvm-revert":
-                emit("disk", f"{step['vdev']}: merging LVM snapshot {step['snapshot']} back "
-                     f"into {step['path']}")
-                origin = host.lvm.probe(step["path"])
-                if origin is None:
-                    raise Refused(f"{step['vdev']}: {step['path']} is no longer an LVM volume")
-                host.lvm.revert(origin, req.name)
-            elif step["op"] == "copyout":
-                emit("disk", f"{step['vdev']}: copying internal snapshot {req.name} out of "
-                     f"{step['source']} (now a backing image)")
-                made.append(step["path"])
-                host.img.copy_out_snapshot(step["source"], req.name, step["path"])
-            else:
-                emit("disk", f"{step['vdev']}: new overlay on {step['backing']}")
-                host.img.create(step["path"], fmt="qcow2", backing=step["backing"],
-                                backing_fmt=step["format"])
-                made.append(step["path"])
-        host.driver.set_domain_config(req.domain, config)
-        switched = True  # from here the domain's images are the reverted ones
-        final = plan["final"]
-        if plan["memory_file"] and final != "shutoff":
-            emit("restore", "restoring memory")
-            host.driver.start(req.domain, config, paused=final == "paused",
-                              memory_file=Path(plan["memory_file"]))
-        elif final != "shutoff":
-            emit("start", "starting the domain")
-            host.driver.start(req.domain, config, paused=final == "paused")
-        host.store.put_snapshots(req.domain, [], current=req.name)
-        _drop_abandoned(host, req, DomainConfig.model_validate(plan["old_config"]), config)
-        result = {"name": req.name, "state": final,
-                  "disks": {s["vdev"]: s["path"] for s in plan["steps"]}}
+        for phase in PHASES[first:]:
+            if phase == "stop" and host.driver.is_active(req.domain):
+                emit("stop", "stopping the domain")
+                host.driver.destroy(req.domain)
+            elif phase == "disks":
+                _disks(host, req, plan, emit)
+            elif phase == "switch":
+                host.driver.set_domain_config(req.domain, config)
+                switched = True  # from here the domain's images are the reverted ones
+            elif phase == "start":
+                _start(host, req, plan, config, emit)
+            elif phase == "commit":
+                host.store.put_snapshots(req.domain, [], current=req.name,
+                                         fence=jobs.fence_of(req, plan))
+                _drop_abandoned(host, req, DomainConfig.model_validate(plan["old_config"]),
+                                config)
+            _noted(host, req, phase)
+            faults.point(f"revert-after-{phase}")
+        result: dict[str, Any] = {"name": req.name, "state": plan["final"],
+                                  "disks": {s["vdev"]: s["path"] for s in plan["steps"]}}
+        if why is not None:
+            result["recovered"] = True
+            emit("recovered", f"{why}; the revert was carried forward and completed")
         jobs.succeed(host, req, result)
         return result
     except BaseException as exc:
+        _after_failure(host, req, plan, switched=switched)
+        if why is not None:
+            exc = OperationFailed(f"{why}; carrying the revert forward failed: {exc}")
+        jobs.fail(host, req, exc)
+        if why is None:
+            raise
+        return {}
+
+
+def _noted(host: Host, req: RevertRequest, phase: str) -> None:
+    entry = host.files.read_journal(req.job_id)
+    if entry is not None:
+        host.files.write_journal(req.job_id, {**entry, "phase": phase})
+
+
+def _disks(host: Host, req: RevertRequest, plan: dict[str, Any], emit: jobs.Progress) -> None:
+    """Every disk step; each is idempotent (its image made afresh, a snapshot applied
+    again to a disk nobody ran on since)."""
+    for step in plan["steps"]:
+        if step["op"] == "apply":
+            emit("disk", f"{step['vdev']}: applying internal snapshot {req.name}")
+            host.img.snapshot_apply(step["path"], req.name)
+        elif step["op"] == "lvm-revert":
+            emit("disk", f"{step['vdev']}: merging LVM snapshot {step['snapshot']} back "
+                 f"into {step['path']}")
+            origin = host.lvm.probe(step["path"])
+            if origin is None:
+                raise Refused(f"{step['vdev']}: {step['path']} is no longer an LVM volume")
+            try:
+                host.lvm.revert(origin, req.name)
+            except UnknownSnapshot:  # merged by an attempt cut short: take it again
+                host.lvm.create_snapshot(origin, req.name)
+        elif step["op"] == "copyout":
+            emit("disk", f"{step['vdev']}: copying internal snapshot {req.name} out of "
+                 f"{step['source']} (now a backing image)")
+            Path(step["path"]).unlink(missing_ok=True)
+            host.img.copy_out_snapshot(step["source"], req.name, step["path"])
+        else:
+            emit("disk", f"{step['vdev']}: new overlay on {step['backing']}")
+            Path(step["path"]).unlink(missing_ok=True)
+            host.img.create(step["path"], fmt="qcow2", backing=step["backing"],
+                            backing_fmt=step["format"])
+
+
+def _start(host: Host, req: RevertRequest, plan: dict[str, Any], config: DomainConfig,
+           emit: jobs.Progress) -> None:
+    final = plan["final"]
+    if final == "shutoff":
+        return
+    if host.driver.is_active(req.domain):
+        # A start cut short (recovery): a restore that completed is kept and brought to
+        # the final state (never restored twice: the guest may have run since); one
+        # still loading (QEMU ``inmigrate``) is ended, and the start is done afresh.
+        if host.driver.resume_after_crash(req.domain, state=final) == final:
+            host.files.clear_pausing(req.domain, req.job_id)
+            return
+        host.driver.destroy(req.domain)
+    # the restore is the pause of a revert: its own budget from now
+    host.files.mark_pausing(req.domain, req.job_id, budget_s=jobs.budget_for(host, plan))
+    if plan["memory_file"]:
+        emit("restore", "restoring memory")
+        host.driver.start(req.domain, config, paused=final == "paused",
+                          memory_file=Path(plan["memory_file"]))
+    else:
+        emit("start", "starting the domain")
+        host.driver.start(req.domain, config, paused=final == "paused")
+    host.files.clear_pausing(req.domain, req.job_id)
+
+
+def _after_failure(host: Host, req: RevertRequest, plan: dict[str, Any], *,
+                   switched: bool) -> None:
+    """Before the switch: the images this revert made go and the old config comes back.
+    After it: the domain stays on the reverted images, stopped if it is not running."""
+    try:
         if not switched:  # never pull images from under a domain that may run on them
-            for path in made:
-                Path(path).unlink(missing_ok=True)
+            for step in plan["steps"]:
+                if step["op"] in ("copyout", "overlay"):
+                    Path(step["path"]).unlink(missing_ok=True)
             host.driver.set_domain_config(req.domain,
                                           DomainConfig.model_validate(plan["old_config"]))
-        jobs.fail(host, req, exc)
-        raise
+        elif host.driver.is_active(req.domain) and \
+                host.driver.domain_info(req.domain).state != plan["final"]:
+            host.driver.destroy(req.domain)
+    except Exception as exc:  # noqa: BLE001 - the job fails with the first error anyway
+        log.error("revert %s: cleanup after failure: %s", req.job_id, exc)
 
 
 def _drop_abandoned(host: Host, req: RevertRequest, old: DomainConfig,
