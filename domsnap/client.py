@@ -18,6 +18,7 @@ from domsnap.errors import (
     InvalidInput,
     OperationTimeout,
 )
+from domsnap.policies import PolicyStore
 from domsnap.settings import Settings, get_settings
 from domsnap.store import Store
 from domsnap.validation import parse_model
@@ -92,6 +93,7 @@ class Client:
         type: Literal["internal", "external"] | None = None,
         disks: list[DiskChoice] | None = None,
         config: SnapshotConfig | None = None,
+        policy: str | None = None,
     ) -> str:
         """Enqueue a snapshot create; returns the job id. The name defaults to the epoch
         second, fixed here so a redelivered message cannot make a second snapshot."""
@@ -115,7 +117,8 @@ class Client:
             "host": host, "name": name or str(int(now)), "submitted_at": now,
             "description": description, "disk_only": disk_only, "memory_file": memory_file,
             "type": type or "internal",
-            "disks": [d.model_dump() for d in disks] if disks is not None else None})
+            "disks": [d.model_dump() for d in disks] if disks is not None else None,
+            "policy": policy})
         self._check_unlocked(info)
         self.store.reserve_name(info.uuid, req.name, req.job_id)
         try:
@@ -142,6 +145,40 @@ class Client:
         self.store.get_snapshot(info.uuid, req.name)
         self._check_unlocked(info)
         return self._enqueue(req)
+
+    # ------------------------------------------------------------ scheduled backups
+
+    @property
+    def policies(self) -> PolicyStore:
+        """Policies, labels, protection and run history (:mod:`domsnap.policies`)."""
+        return PolicyStore(self.store)
+
+    def protect(self, domain: str, name: str, on: bool = True) -> None:
+        """Protect a snapshot from pruning (``on=False``: unprotect it)."""
+        _, info = self._find(domain)
+        self.policies.protect(info.uuid, name, on)
+
+    def label(self, domain: str, labels: dict[str, str],
+              remove: list[str] | None = None) -> dict[str, str]:
+        _, info = self._find(domain)
+        return self.policies.set_labels(info.uuid, labels, remove or [])
+
+    def prune(self, *, policy: str | None = None, domain: str | None = None,
+              dry_run: bool = False, now: float | None = None) -> list[Any]:
+        """Apply the retention of one policy (or all) to one domain (or the policy's
+        domains); deletes go through the normal delete. Returns one
+        :class:`workers.engine.schedule.PrunePlan` per (policy, domain)."""
+        from workers.engine.schedule import QueueOps, prune
+
+        pst = self.policies
+        ops = QueueOps(self.store, self._app())
+        plans = []
+        for pol in [pst.get(policy)] if policy else pst.all():
+            targets = [self._find(domain)] if domain else pst.select(pol)
+            for host, info in targets:
+                plans.append(prune(pst, ops, pol, host, info, now=now or time.time(),
+                                   dry_run=dry_run))
+        return plans
 
     def _app(self) -> Any:
         """This client's Celery app (its own broker settings), made on first use."""
