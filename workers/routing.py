@@ -28,6 +28,12 @@ TASK_RUN_REVERT = "domsnap.step.revert"
 TASK_RUN_DELETE = "domsnap.step.delete"
 
 
+# Scheduled backups: the scheduler (Celery beat) sends each policy run to this queue,
+# consumed by the scheduler's own small worker (``domsnap scheduler``), never by a host.
+SCHEDULE_QUEUE = "domsnap.schedule"
+TASK_POLICY_RUN = "domsnap.policy.run"
+
+
 def check_host(host: str) -> str:
     if not HOST_RE.fullmatch(host):
         raise InvalidInput(f"invalid host name {host!r}", field="host")
