@@ -91,9 +91,23 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
         host.store.release_lock(req.domain, req.job_id)
     finally:
         progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
-        host.store.update_job(req.job_id, state=state, finished_at=time.time(), result=result,
-                              error=error)
+        job = host.store.update_job(req.job_id, state=state, finished_at=time.time(),
+                                    result=result, error=error)
+    _count(host, job)
     host.files.remove_journal(req.job_id)
+
+
+def _count(host: Host, job: JobRecord) -> None:
+    """The job's outcome into the metrics (best effort, like progress)."""
+    from domsnap.metrics import record_job
+
+    started = job.started_at or job.submitted_at
+    try:
+        record_job(host.store, job.op, job.state,
+                   (job.finished_at - started) if job.finished_at and started else None,
+                   (job.result or {}).get("pause_ms"))
+    except DomsnapError:
+        pass
 
 
 def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
