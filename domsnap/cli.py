@@ -399,3 +399,6 @@ def domain_config(as_json: bool, domain: str) -> None:
     cfg = host.driver.domain_config(host.driver.find(domain))
     click.echo(_dumps(cfg.model_dump(mode="json")) if as_json
                else format_domain_config(cfg).rstrip("\n"))
+
+
+from domsnap import cli_policy  # noqa: E402, F401 - scheduled backups: policy-*, prune, metrics
