@@ -181,11 +181,12 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
     caller reports success only after it."""
     config = DomainConfig.model_validate(plan["config"])
     disks = _ops(plan)
-    new_cfg = config.model_copy(update={"disks": [
-        d.model_copy(update={"target": next((o.target for o in disks if o.vdev == d.vdev
-                                             and o.type == "external" and o.strategy != "lvm"),
-                                            d.target)})
-        for d in config.disks]})
+    def _moved(d: Any) -> Any:  # an external overlay is the disk's image now: qcow2
+        top = next((o.target for o in disks if o.vdev == d.vdev and o.type == "external"
+                    and o.strategy != "lvm"), None)
+        return d.model_copy(update={"target": top, "format": "qcow2"}) if top else d
+
+    new_cfg = config.model_copy(update={"disks": [_moved(d) for d in config.disks]})
     host.driver.set_domain_config(req.domain, new_cfg)
     snaps = []
     for op in disks:

@@ -22,12 +22,34 @@ from workers.engine.recovery import guarded
 from workers.host import Host
 
 
-def _chain(host: Host, path: str | None) -> list[str]:
+def _formats(rec: SnapshotRecord, others: list[SnapshotRecord],
+             config: DomainConfig) -> dict[str, str]:
+    """Image path -> its format, as the records and the domain config know it: a frozen
+    image has its disk's format at the snapshot, an overlay is qcow2. Only qcow2 images
+    have a backing file (a raw one must never be opened as qcow2)."""
+    fmts: dict[str, str] = {spec.target: spec.format for spec in config.disks if spec.target}
+    for r in [rec, *others]:
+        for d in r.disks:
+            if d.strategy == "lvm":
+                continue
+            fmts.setdefault(d.file, d.format)
+            if d.overlay:  # always qcow2, whatever an older record's config said
+                fmts[d.overlay] = "qcow2"
+    return fmts
+
+
+def _backing(host: Host, path: str, fmts: dict[str, str]) -> str | None:
+    if fmts.get(path, "qcow2") != "qcow2":
+        return None
+    return host.img.backing_file(path, force_share=True)
+
+
+def _chain(host: Host, path: str | None, fmts: dict[str, str]) -> list[str]:
     """``path`` and every image below it."""
     out: list[str] = []
     while path and os.path.exists(path) and path not in out:
         out.append(path)
-        path = host.img.backing_file(path, force_share=True)
+        path = _backing(host, path, fmts)
     return out
 
 
@@ -37,12 +59,13 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
     config = host.driver.domain_config(req.domain)
     active_path = {d.vdev: d.target for d in config.disks}
     running = info.state in ("running", "paused")
+    fmts = _formats(rec, others, config)
     steps: list[dict[str, Any]] = []
     for disk in rec.disks:
         if disk.strategy == "lvm":
             steps.append({"op": "lvm-remove", "vdev": disk.vdev, "path": disk.file})
             continue
-        chain = _chain(host, active_path.get(disk.vdev))
+        chain = _chain(host, active_path.get(disk.vdev), fmts)
         if disk.type == "internal":
             live = running and disk.file in chain
             if live and chain[0] != disk.file:
@@ -53,7 +76,7 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
             steps.append({"op": "internal", "vdev": disk.vdev, "path": disk.file, "live": live})
             continue
         steps.extend(_plan_external(host, rec, disk.vdev, disk.file, disk.overlay, others,
-                                    chain, running))
+                                    chain, running, fmts))
     children = [r.name for r in others if r.parent == rec.name]
     return {"steps": steps, "memory_file": rec.memory_file, "children": children,
             "parent": rec.parent, "running": running}
@@ -61,17 +84,17 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
 
 def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
                    overlay: str | None, others: list[SnapshotRecord], active_chain: list[str],
-                   running: bool) -> list[dict[str, Any]]:
+                   running: bool, fmts: dict[str, str]) -> list[dict[str, Any]]:
     mine = [d for r in others for d in r.disks if d.vdev == vdev and d.strategy != "lvm"]
     holds_others = any(d.file == frozen for d in mine)  # e.g. internal snapshots in F
     known = {p for d in mine for p in (d.file, d.overlay) if p} | set(active_chain)
     if overlay:
         known.add(overlay)
     known = {p for p in known if os.path.exists(p)}
-    backing = {p: host.img.backing_file(p, force_share=True) for p in known}
+    backing = {p: _backing(host, p, fmts) for p in known}
     needed = set(active_chain)
     for d in mine:
-        needed.update(_chain(host, d.file))
+        needed.update(_chain(host, d.file, fmts))
     children = [p for p in known if backing[p] == frozen]
     live_children = [c for c in children if c in needed]
     garbage = [c for c in children if c not in needed and
@@ -88,6 +111,7 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
                           f"held by {top}")
         grandchildren = [p for p in known if backing[p] == top]
         steps.append({"op": "commit", "vdev": vdev, "top": top, "base": frozen,
+                      "base_format": fmts.get(frozen, "qcow2"),
                       "live": running and top in active_chain,
                       "active": bool(active_chain) and active_chain[0] == top,
                       "rebase": [g for g in grandchildren if not (running and g in active_chain)]})
@@ -100,7 +124,7 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
 def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str, Any]:
     emit = jobs.progress_for(host, req.job_id)
     try:
-        renames: dict[str, str] = {}
+        renames: dict[str, tuple[str, str]] = {}  # merged image -> (base, its format)
         for step in plan["steps"]:
             op = step["op"]
             if op == "internal":
@@ -115,9 +139,10 @@ def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str
                     host.driver.commit_live(req.domain, top=step["top"], base=step["base"])
                 else:
                     host.img.commit(step["top"])
+                base_fmt = step.get("base_format", "qcow2")
                 for child in step["rebase"]:
-                    host.img.rebase(child, step["base"], unsafe=True)
-                renames[step["top"]] = step["base"]
+                    host.img.rebase(child, step["base"], unsafe=True, backing_fmt=base_fmt)
+                renames[step["top"]] = (step["base"], base_fmt)
                 Path(step["top"]).unlink(missing_ok=True)
             elif op == "lvm-remove":
                 emit("disk", f"{step['vdev']}: removing LVM snapshot {step['path']}")
@@ -146,18 +171,25 @@ def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str
         raise
 
 
-def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, str]) -> None:
-    """After merging C into F, everything that named C names F."""
+def _apply_renames(host: Host, req: DeleteRequest,
+                   renames: dict[str, tuple[str, str]]) -> None:
+    """After merging C into F, everything that named C names F, with F's format (C was
+    qcow2; F may be raw)."""
     def fix(p: str | None) -> str | None:
-        return renames.get(p, p) if p else p
+        return renames[p][0] if p and p in renames else p
+
+    def fmt(p: str | None, current: Any) -> Any:
+        return renames[p][1] if p and p in renames else current
 
     changed = []
     for rec in host.store.list_snapshots(req.domain):
         if rec.name == req.name:
             continue
-        disks = [d.model_copy(update={"file": fix(d.file), "overlay": fix(d.overlay)})
+        disks = [d.model_copy(update={"file": fix(d.file), "overlay": fix(d.overlay),
+                                      "format": fmt(d.file, d.format)})
                  for d in rec.disks]
-        cfg_disks = [d.model_copy(update={"target": fix(d.target)})
+        cfg_disks = [d.model_copy(update={"target": fix(d.target),
+                                          "format": fmt(d.target, d.format)})
                      for d in rec.domain_config.disks]
         new = rec.model_copy(update={"disks": disks, "domain_config": rec.domain_config.model_copy(
             update={"disks": cfg_disks})})
@@ -168,4 +200,5 @@ def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, str]) -> N
         host.store.put_snapshots(req.domain, changed)
     cfg: DomainConfig = host.driver.domain_config(req.domain)
     host.driver.set_domain_config(req.domain, cfg.model_copy(update={"disks": [
-        d.model_copy(update={"target": fix(d.target)}) for d in cfg.disks]}))
+        d.model_copy(update={"target": fix(d.target), "format": fmt(d.target, d.format)})
+        for d in cfg.disks]}))

@@ -147,14 +147,19 @@ def _drop_abandoned(host: Host, req: RevertRequest, old: DomainConfig,
     """The images the domain wrote to before the revert hold state the revert discards:
     remove each one domsnap made that no snapshot refers to (never a user's image)."""
     keep = {d.target for d in new.disks}
+    fmts = {d.target: d.format for d in new.disks if d.target}  # only qcow2 has a backing
     for rec in host.store.list_snapshots(req.domain):
         keep.update(p for d in rec.disks for p in (d.file, d.overlay) if p)
+        for d in rec.disks:
+            fmts.setdefault(d.file, d.format)
+            if d.overlay:
+                fmts[d.overlay] = "qcow2"
     ours = host.settings.snapshots.resolve()
     for disk in old.disks:
         path = disk.target
         if not path or path in keep or ours not in Path(path).resolve().parents:
             continue
         if any(host.img.backing_file(p, force_share=True) == path
-               for p in keep if p and os.path.exists(p)):
+               for p in keep if p and fmts.get(p, "qcow2") == "qcow2" and os.path.exists(p)):
             continue
         Path(path).unlink(missing_ok=True)
