@@ -226,6 +226,9 @@ def prune(policy: str | None, dry_run: bool, as_json: bool, domain: str | None) 
                            for p in plans]))
     else:
         for p in plans:
+            d = p.decision
+            if domain and not (d.keep or d.delete or d.protected):
+                continue  # a policy with no snapshot of this domain
             click.echo(f"policy {p.policy}, domain {p.domain_name}:")
             for n, rules in p.decision.keep.items():
                 click.echo(f"  keep    {n}  ({', '.join(rules)})")

@@ -88,6 +88,10 @@ class Keys:
         """hash: domain uuid -> job id of the policy's last create on it."""
         return f"{self.prefix}:policy:{{{policy}}}:jobs"
 
+    def policy_running(self, policy: str) -> str:
+        """string: run id of the policy's run in progress (short TTL, renewed)."""
+        return f"{self.prefix}:policy:{{{policy}}}:running"
+
     @property
     def beat_prefix(self) -> str:
         """Prefix of the scheduler's own keys (celery-redbeat entries, lock)."""

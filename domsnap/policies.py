@@ -111,7 +111,7 @@ class PolicyStore:
         self.get(name)
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.policies, name)
-            pipe.delete(self.keys.policy_jobs(name))
+            pipe.delete(self.keys.policy_jobs(name), self.keys.policy_running(name))
             pipe.execute()
 
     @_translated
@@ -154,6 +154,22 @@ class PolicyStore:
     # ------------------------------------------------------------ runs
 
     @_translated
+    def begin_run(self, policy: str, run_id: str, ttl_s: float) -> str | None:
+        """Claim the policy's run slot (one run of a policy at a time); returns the run
+        id already holding it, if any. The holder renews it (:meth:`renew_run`)."""
+        key = self.keys.policy_running(policy)
+        if self.r.set(key, run_id, nx=True, px=int(ttl_s * 1000)):
+            return None
+        other = self.r.get(key)
+        return str(other) if other else "?"
+
+    @_translated
+    def renew_run(self, policy: str, run_id: str, ttl_s: float) -> None:
+        key = self.keys.policy_running(policy)
+        if self.r.get(key) == run_id:
+            self.r.pexpire(key, int(ttl_s * 1000))
+
+    @_translated
     def end_run(self, run: PolicyRun) -> None:
         with self.r.pipeline(transaction=True) as pipe:
             pipe.lpush(self.keys.policy_runs(run.policy), run.model_dump_json())
@@ -161,6 +177,7 @@ class PolicyStore:
             if run.ok and run.domains:
                 pipe.hset(self.keys.metrics_policy_success, run.policy, str(run.finished_at))
             pipe.execute()
+        self.store._del_if(keys=[self.keys.policy_running(run.policy)], args=[run.run_id])
 
     @_translated
     def runs(self, policy: str, limit: int = 10) -> list[PolicyRun]:

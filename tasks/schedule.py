@@ -9,7 +9,7 @@ Redis), and the task each policy firing runs.
 - Cron policies are evaluated in their own time zone (``ZonedCrontab``); ``missed =
   "skip"`` drops a run that came due while no scheduler ran, ``"run-once"`` (redbeat's
   own behaviour) runs it once.
-- ``domsnap.policy.run`` (queue ``domsnap.schedule``) runs one firing:
+- ``domsnap.policy.run`` (queue ``DOMSNAP_SCHEDULE_QUEUE``, ``domsnap.schedule``) runs one firing:
   :func:`workers.engine.schedule.run_policy`.
 
     celery -A tasks.schedule beat -S tasks.schedule:PolicyScheduler
@@ -36,7 +36,7 @@ from domsnap.store import Store
 from schemas.policy import Policy
 from workers.app import app
 from workers.engine.schedule import QueueOps, run_policy
-from workers.routing import SCHEDULE_QUEUE, TASK_POLICY_RUN
+from workers.routing import TASK_POLICY_RUN
 
 log = logging.getLogger("domsnap.scheduler")
 ENTRY_PREFIX = "policy:"
@@ -119,7 +119,7 @@ def entry_for(policy: Policy) -> PolicyEntry:
                            "grace_s": min(300.0, max(1.0, period / 2))}},
         # a run that no scheduler worker picked up within a period is dropped: the next
         # one comes
-        options={"queue": SCHEDULE_QUEUE,
+        options={"queue": get_settings().schedule_queue,
                  "expires": max(5.0, period) if policy.interval_s else 3600.0},
         app=app)
 

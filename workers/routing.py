@@ -28,8 +28,9 @@ TASK_RUN_REVERT = "domsnap.step.revert"
 TASK_RUN_DELETE = "domsnap.step.delete"
 
 
-# Scheduled backups: the scheduler (Celery beat) sends each policy run to this queue,
-# consumed by the scheduler's own small worker (``domsnap scheduler``), never by a host.
+# Scheduled backups: the scheduler (Celery beat) sends each policy run to the schedule
+# queue (DOMSNAP_SCHEDULE_QUEUE, default below), consumed by the scheduler's own small
+# worker (``domsnap scheduler``), never by a host.
 SCHEDULE_QUEUE = "domsnap.schedule"
 TASK_POLICY_RUN = "domsnap.policy.run"
 

@@ -19,7 +19,6 @@ from typing import Any
 
 from domsnap.settings import Settings
 from domsnap.store import Store
-from workers.routing import SCHEDULE_QUEUE
 
 log = logging.getLogger("domsnap.scheduler")
 
@@ -29,7 +28,7 @@ def argv(settings: Settings, *, concurrency: int, loglevel: str, node: str) -> l
     return [
         [*celery, "beat", "-S", "tasks.schedule:PolicyScheduler", "-l", loglevel,
          "--max-interval", f"{settings.beat_max_interval_s:g}"],
-        [*celery, "worker", "-Q", SCHEDULE_QUEUE, "-P", "threads", "-c", str(concurrency),
+        [*celery, "worker", "-Q", settings.schedule_queue, "-P", "threads", "-c", str(concurrency),
          "-n", f"schedule-{node}@%h", "--without-gossip", "--without-mingle",
          "--without-heartbeat", "-E", "-l", loglevel],
     ]
@@ -51,7 +50,7 @@ def run(settings: Settings, *, concurrency: int = 4, loglevel: str = "INFO",
     procs: list[subprocess.Popen[Any]] = [
         subprocess.Popen(a, env=dict(os.environ))
         for a in argv(settings, concurrency=concurrency, loglevel=loglevel, node=node)]
-    log.info("domsnap scheduler: beat (redbeat) and the %s worker", SCHEDULE_QUEUE)
+    log.info("domsnap scheduler: beat (redbeat) and the %s worker", settings.schedule_queue)
 
     def _term(signum: int, _frame: Any) -> None:
         stop.set()

@@ -219,3 +219,28 @@ def test_scheduler_entry_keeps_zone_and_skip(pst: PolicyStore) -> None:
     for day, utc_hour in ((summer, 1), (dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC), 2)):
         last, delta, _ = back["schedule"].remaining_delta(day)
         assert (last + delta).astimezone(dt.UTC).hour == utc_hour
+
+
+@pytest.mark.parametrize(("missed", "fires"), [("skip", False), ("run-once", True)])
+def test_a_run_missed_during_downtime_is_skipped_or_run_once(
+        pst: PolicyStore, missed: str, fires: bool) -> None:
+    """The beat was away for ten periods: `skip` moves the entry on without firing (its
+    next run is a full period away), `run-once` fires once."""
+    from tasks.schedule import PolicyEntry, app, entry_for
+
+    fake = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    old = getattr(app, "redbeat_redis", None)
+    app.redbeat_redis = fake  # redbeat's connection slot on the app
+    try:
+        pol = pst.create(body(cron=None, interval_s=60, missed=missed))
+        entry = entry_for(pol)
+        entry.save()
+        entry.last_run_at = app.now() - dt.timedelta(seconds=600)
+        due, next_s = entry.is_due()
+        assert due is fires
+        if not fires:
+            again = PolicyEntry.from_key(entry.key, app=app)
+            assert (app.now() - again.last_run_at).total_seconds() < 5  # moved to now
+            assert 50 < next_s <= 60
+    finally:
+        app.redbeat_redis = old

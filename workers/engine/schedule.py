@@ -6,9 +6,11 @@ entry tasks on the owning host's queue (``QueueOps``), so admission, locks, merg
 and rollback are exactly those of a manual create or delete.
 
 One run: select the domains (names, uuids, hosts, labels), then per domain, with at
-most ``max_per_host`` domains of one host in progress at once: skip it with a reason
-(host down, previous run still going, name taken), or consolidate its external chain
-if it is too deep, create, wait, and prune it by the retention rules. The run's
+most ``max_per_host`` domains of one host in progress at once (and one run of a
+policy at a time: a firing while the last run goes on records every domain skipped):
+skip it with a reason (host down, previous run still going, name taken), or
+consolidate its external chain if it is too deep, create, wait, and prune it by the
+retention rules. The run's
 record (start, end, outcome per domain) goes into the policy's history.
 """
 
@@ -22,7 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from domsnap.errors import DomainLocked, DomsnapError, OperationTimeout, SnapshotExists
+from domsnap.errors import (
+    DomainLocked,
+    DomsnapError,
+    HostUnavailable,
+    OperationTimeout,
+    SnapshotExists,
+)
 from domsnap.policies import PolicyStore
 from domsnap.retention import Candidate, Decision, decide
 from domsnap.store import Store
@@ -60,7 +68,7 @@ class QueueOps:
             "host": host, "name": name, "submitted_at": now, "disk_only": disk_only,
             "type": type, "policy": policy,
             "description": f"policy {policy}"})
-        self._unlocked(info)
+        self._ready(host, info)
         self.store.reserve_name(info.uuid, req.name, req.job_id)
         try:
             return self._send(req)
@@ -72,13 +80,18 @@ class QueueOps:
         req = parse_model(DeleteRequest, {
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
             "host": host, "name": name, "submitted_at": time.time()})
-        self._unlocked(info)
+        self._ready(host, info)
         return self._send(req)
 
     def job(self, job_id: str) -> JobRecord:
         return self.store.get_job(job_id)
 
-    def _unlocked(self, info: DomainInfo) -> None:
+    def _ready(self, host: str, info: DomainInfo) -> None:
+        """The host is up and the domain free, or the request is refused before it is
+        queued (a message for a dead host would only wait)."""
+        if not self.store.host_alive(host):
+            raise HostUnavailable(f"domain {info.name} lives on host {host}, which has no "
+                                  "live worker", host=host, domain=info.uuid)
         owner = self.store.lock_owner(info.uuid)
         if owner:
             raise DomainLocked(f"domain {info.name} is busy: job {owner} is running a "
@@ -272,8 +285,18 @@ def run_policy(pstore: PolicyStore, ops: Ops, policy: Policy, *, clock: Clock = 
     host, at most ``max_per_host`` of one host at a time, then its pruning."""
     run = PolicyRun(run_id=run_id or str(uuidlib.uuid4()), policy=policy.name,
                     started_at=clock())
+    stop = threading.Event()
     try:
         targets = pstore.select(policy)
+        other = pstore.begin_run(policy.name, run.run_id, RUN_TTL_S)
+        if other is not None:  # one run of a policy at a time: the caps hold across runs
+            run.domains = [DomainOutcome(domain=i.uuid, domain_name=i.name, host=h,
+                                         outcome="skipped",
+                                         reason=f"previous run {other} is still going")
+                           for h, i in targets]
+            return run
+        threading.Thread(target=_renew, args=(pstore, policy.name, run.run_id, stop),
+                         daemon=True).start()
         limits: dict[str, threading.Semaphore] = {
             h: threading.Semaphore(policy.max_per_host) for h, _ in targets}
 
@@ -293,9 +316,21 @@ def run_policy(pstore: PolicyStore, ops: Ops, policy: Policy, *, clock: Clock = 
     except DomsnapError as exc:
         run.errors.append(exc.message)
     finally:
+        stop.set()
         run.finished_at = clock()
         pstore.end_run(run)
     return run
+
+
+RUN_TTL_S = 60.0  # the run slot outlives a dead scheduler worker by at most this
+
+
+def _renew(pstore: PolicyStore, policy: str, run_id: str, stop: threading.Event) -> None:
+    while not stop.wait(RUN_TTL_S / 4):
+        try:
+            pstore.renew_run(policy, run_id, RUN_TTL_S)
+        except DomsnapError:
+            pass
 
 
 def _round_robin(targets: list[tuple[str, DomainInfo]]) -> list[tuple[str, DomainInfo]]:
