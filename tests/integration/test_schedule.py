@@ -16,7 +16,6 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -214,13 +213,13 @@ def _expected(patterns: list[int], k: int, vdev_xor: int) -> dict[int, int]:
 
 
 def test_external_policy_raw_and_qcow2_chain_guard_keeps_every_snapshot_revertible(
-        cluster: Cluster, h1: str, tmp_path: Path) -> None:
+        cluster: Cluster, hv_host: str) -> None:
     client = cluster.client()
-    dom = cluster.create_domain(h1, f"chain-{cluster.suffix}", disks=2, guest=False,
+    dom = cluster.create_domain(hv_host, f"chain-{cluster.suffix}", disks=2, guest=False,
                                 raw_disk=True)
     cluster.wait_inventory(dom)
     va, vb = dom.vdevs
-    pname = f"ext-{cluster.suffix}"
+    pname = f"ext-{dom.host.driver}-{cluster.suffix}"
     pst = PolicyStore(client.store)
     policy = pst.create({"name": pname, "interval_s": 3600, "select": {"domains": [dom.uuid]},
                          "type": "external", "disk_only": True, "max_chain_depth": 3,
@@ -270,3 +269,45 @@ def test_external_policy_raw_and_qcow2_chain_guard_keeps_every_snapshot_revertib
             assert_state(dom.active(vb), _expected(patterns, k, 0xFF), f"{name} {vb}")
     finally:
         pst.delete(pname)
+
+
+def test_policy_cli_round_trip_and_exit_codes(cluster: Cluster, h1: str) -> None:
+    """The policy commands against real Redis: JSON out, errors name the field, exit
+    codes (2 bad input, 3 unknown, 4 exists), pause/resume, labels, protection."""
+    import json
+
+    h = cluster.hosts[h1]
+    name = f"cli-{cluster.suffix}"
+    bad = h.cli("policy-create", name, "--cron", "0 3 * *", "--label", "a=b")
+    assert bad.returncode == 2 and "cron" in bad.stderr, bad.stderr
+    bad = h.cli("policy-create", name, "--every", "60", "--label", "a=b", "--timezone", "Nowhere")
+    assert bad.returncode == 2 and "time zone" in bad.stderr, bad.stderr
+    made = json.loads(h.cli("policy-create", name, "--cron", "15 */6 * * 1-5", "--timezone",
+                            "America/New_York", "--host", h1, "--keep-daily", "3", "--json",
+                            check=True).stdout)
+    assert made["cron"] == "15 */6 * * 1-5" and made["select"]["hosts"] == [h1]
+    assert h.cli("policy-create", name, "--every", "60", "--host", h1).returncode == 4
+    listed = json.loads(h.cli("policy-list", "--json", check=True).stdout)
+    assert name in {p["name"] for p in listed}
+    assert "cron '15 */6 * * 1-5' America/New_York" in h.cli("policy-list", check=True).stdout
+    assert json.loads(h.cli("policy-pause", name, "--json", check=True).stdout)["paused"]
+    shown = json.loads(h.cli("policy-show", name, "--json", check=True).stdout)
+    assert shown["policy"]["paused"] and shown["runs"] == []
+    assert not json.loads(h.cli("policy-resume", name, "--json", check=True).stdout)["paused"]
+    h.cli("policy-delete", name, check=True)
+    assert h.cli("policy-show", name).returncode == 3
+    assert h.cli("policy-delete", name).returncode == 3
+    # labels and protection of a real domain
+    dom = listed_domain(cluster, h1, "cli-lbl")
+    assert json.loads(h.cli("domain-label", dom.name, "env=prod", "tier=web", "--json",
+                            check=True).stdout) == {"env": "prod", "tier": "web"}
+    assert h.cli("domain-label", dom.name, "--remove", "env", check=True).stdout.strip() == \
+        "tier=web"
+    assert h.cli("domain-label", dom.name, "bad key=x").returncode == 2
+    assert h.cli("snapshot-protect", "-n", "nope", dom.name).returncode == 3
+    client = cluster.client()
+    succeeded(client, client.create(dom.name, name="keep-me", disk_only=True))
+    assert json.loads(h.cli("snapshot-protect", "-n", "keep-me", dom.name, "--json",
+                            check=True).stdout)["protected"]
+    h.cli("snapshot-unprotect", "-n", "keep-me", dom.name, check=True)
+    assert h.cli("snapshot-unprotect", "-n", "keep-me", dom.name).returncode == 3
