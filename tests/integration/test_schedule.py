@@ -311,3 +311,45 @@ def test_policy_cli_round_trip_and_exit_codes(cluster: Cluster, h1: str) -> None
                             check=True).stdout)["protected"]
     h.cli("snapshot-unprotect", "-n", "keep-me", dom.name, check=True)
     assert h.cli("snapshot-unprotect", "-n", "keep-me", dom.name).returncode == 3
+
+
+def test_fanout_skips_a_down_host_a_domain_still_going_and_an_overlapping_run(
+        cluster: Cluster) -> None:
+    """Skips are recorded with their reason, and nothing is queued for them (real
+    Redis and broker; no host has to live for this)."""
+    import uuid as uuidlib
+
+    from schemas.models import DomainInfo, HostInventory, JobRecord
+
+    client = cluster.client()
+    store = client.store
+    down, up = f"down-{cluster.suffix}", f"up-{cluster.suffix}"
+    d1, d2 = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+    store.publish_inventory(HostInventory(host=down, driver="qemu", published_at=time.time(),
+                                          domains=[DomainInfo(uuid=d1, name=f"d1-{down}",
+                                                              state="running")]),
+                            5, alive=False)
+    store.publish_inventory(HostInventory(host=up, driver="qemu", published_at=time.time(),
+                                          domains=[DomainInfo(uuid=d2, name=f"d2-{up}",
+                                                              state="running")]), 60)
+    pst = PolicyStore(store)
+    pol = pst.create({"name": f"skip-{cluster.suffix}", "interval_s": 60,
+                      "select": {"hosts": [down, up]}, "disk_only": True})
+    going = str(uuidlib.uuid4())
+    store.create_job(JobRecord(job_id=going, op="create", domain=d2, host=up, name="x",
+                               submitted_at=time.time(), state="running"))
+    pst.set_last_job(pol.name, d2, going)
+    ops = QueueOps(store, make_app(cluster.settings()))
+    try:
+        run = run_policy(pst, ops, pol)
+        reasons = {d.domain: (d.outcome, d.reason) for d in run.domains}
+        assert reasons[d1] == ("skipped", f"host {down} is down")
+        assert reasons[d2] == ("skipped", f"previous run (job {going}) is still going")
+        assert not cluster.redis.llen(f"domsnap.host.{up}")  # nothing queued
+        # a firing while another run holds the policy's slot skips every domain
+        assert pst.begin_run(pol.name, "other-run", 30) is None
+        run = run_policy(pst, ops, pol)
+        assert {d.reason for d in run.domains} == {"previous run other-run is still going"}
+        assert [r.run_id for r in pst.runs(pol.name)][0] == run.run_id  # recorded
+    finally:
+        pst.delete(pol.name)

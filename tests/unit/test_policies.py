@@ -244,3 +244,10 @@ def test_a_run_missed_during_downtime_is_skipped_or_run_once(
             assert 50 < next_s <= 60
     finally:
         app.redbeat_redis = old
+
+
+def test_celery_task_events_are_on_for_flower() -> None:
+    from workers.app import make_app
+
+    conf = make_app().conf
+    assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
