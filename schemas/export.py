@@ -22,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from schemas.config import DomainConfig, SnapshotConfig
 from schemas.models import HostInventory, JobEvent, JobRecord, Request, SnapshotRecord
+from schemas.policy import Policy, PolicyRun
 
 BASE_ID = "https://domsnap.invalid/schemas/"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -46,6 +47,8 @@ SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     "inventory.schema.json": ("domsnap host inventory", _model(HostInventory)),
     "snapshot-config.schema.json": ("domsnap xl.snapshot.cfg", _model(SnapshotConfig)),
     "domain-config.schema.json": ("domsnap domain config (xl.cfg subset)", _model(DomainConfig)),
+    "policy.schema.json": ("domsnap backup policy", _model(Policy)),
+    "policy-run.schema.json": ("domsnap policy run (history)", _model(PolicyRun)),
 }
 
 

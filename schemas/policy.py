@@ -136,10 +136,14 @@ class Policy(_Versioned):
     @field_validator("name_template")
     @classmethod
     def _template(cls, value: str) -> str:
-        for _, field, _, _ in string.Formatter().parse(value):
-            if field is not None and field.split(".")[0].split("[")[0] not in TEMPLATE_FIELDS:
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"name template {value!r}: {exc}") from None
+        for _, field, _, _ in parsed:
+            if field is not None and field not in TEMPLATE_FIELDS:
                 raise ValueError(f"unknown field {{{field}}} in name template: use "
-                                 f"{', '.join(TEMPLATE_FIELDS)}")
+                                 f"{', '.join(TEMPLATE_FIELDS)} (no attributes or indexes)")
         try:
             render_name(value, policy="p", domain="d", when=0.0, zone="UTC")
         except (ValueError, KeyError, IndexError) as exc:

@@ -69,6 +69,8 @@ def rec(name: str, created_at: float, *, policy: str | None = "nightly", uuid: s
     ({"select": {"labels": {"bad key": "x"}}}, "select.labels"),
     ({"name_template": "{policy}/{utc}"}, "name_template"),
     ({"name_template": "{host}-{utc}"}, "name_template"),
+    ({"name_template": "{policy.__class__}"}, "name_template"),
+    ({"name_template": "{policy"}, "name_template"),
     ({"retention": {"keep_last": -1}}, "retention.keep_last"),
     ({"max_per_host": 0}, "max_per_host"),
     ({"type": "sideways"}, "type"),
@@ -251,3 +253,17 @@ def test_celery_task_events_are_on_for_flower() -> None:
 
     conf = make_app().conf
     assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
+
+
+def test_exported_policy_schema_accepts_a_policy_and_refuses_a_bad_one() -> None:
+    import json
+
+    import jsonschema
+
+    from schemas import export
+
+    schema = json.loads((export.OUT_DIR / "policy.schema.json").read_text())
+    good = Policy.model_validate(body()).model_dump(mode="json")
+    jsonschema.validate(good, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**good, "max_per_host": 0}, schema)

@@ -229,7 +229,8 @@ def test_exported_schema_files_are_up_to_date() -> None:
 def test_export_files_have_id_and_title() -> None:
     assert set(export.SCHEMAS) == {
         "request.schema.json", "job.schema.json", "snapshot.schema.json", "event.schema.json",
-        "inventory.schema.json", "snapshot-config.schema.json", "domain-config.schema.json"}
+        "inventory.schema.json", "snapshot-config.schema.json", "domain-config.schema.json",
+        "policy.schema.json", "policy-run.schema.json"}
     for name in export.SCHEMAS:
         text = (export.OUT_DIR / name).read_text()
         assert text.endswith("}\n") and not text.endswith("\n\n")
