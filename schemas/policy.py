@@ -157,11 +157,6 @@ class Policy(_Versioned):
             raise ValueError("give exactly one of cron and interval_s")
         return self
 
-    @property
-    def period_s(self) -> float:
-        """Nominal time between two runs (cron: the shortest gap, estimated by the caller)."""
-        return self.interval_s or 60.0
-
 
 class DomainOutcome(BaseModel):
     domain: str

@@ -26,7 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from celery.schedules import crontab, schedule
-from redbeat.decoder import RedBeatJSONDecoder, RedBeatJSONEncoder
+from redbeat.decoder import RedBeatJSONDecoder
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, get_redis
 
 from domsnap.errors import NotFound
@@ -103,10 +103,6 @@ class PolicyEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
             return False, max(1.0, float(self.schedule.remaining_estimate(
                 self.last_run_at).total_seconds()))
         return due, nxt
-
-    def save(self) -> PolicyEntry:
-        super().save()
-        return self
 
 
 def entry_for(policy: Policy) -> PolicyEntry:
@@ -187,4 +183,4 @@ def policy_run(policy: str, revision: int | None = None,
             "outcomes": {d.domain_name or d.domain: d.outcome for d in run.domains}}
 
 
-__all__ = ["PolicyScheduler", "RedBeatJSONEncoder", "policy_run", "sync_entries"]
+__all__ = ["PolicyEntry", "PolicyScheduler", "ZonedCrontab", "policy_run", "sync_entries"]
