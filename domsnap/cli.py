@@ -468,4 +468,5 @@ def domain_config(as_json: bool, domain: str) -> None:
                else format_domain_config(cfg).rstrip("\n"))
 
 
-from domsnap import cli_ops  # noqa: E402, F401  (fsck, job-cancel, audit; audit of domain-*)
+# the commands of other modules register on `main` when imported
+from domsnap import cli_ops, cli_policy  # noqa: E402, F401, I001

@@ -21,6 +21,7 @@ from domsnap.errors import (
     InvalidInput,
     OperationTimeout,
 )
+from domsnap.policies import PolicyStore
 from domsnap.settings import Settings, get_settings
 from domsnap.store import Store
 from domsnap.validation import parse_model
@@ -111,6 +112,7 @@ class Client:
         config: SnapshotConfig | None = None,
         request_id: str | None = None,
         requested_by: str | None = None,
+        policy: str | None = None,
     ) -> str:
         """Enqueue a snapshot create; returns the job id. The name defaults to the epoch
         second, fixed here so a redelivered message cannot make a second snapshot."""
@@ -135,7 +137,8 @@ class Client:
             "description": description, "disk_only": disk_only, "memory_file": memory_file,
             "type": type or "internal",
             "disks": [d.model_dump() for d in disks] if disks is not None else None,
-            "request_id": request_id, "requested_by": requested_by or os_user()})
+            "request_id": request_id, "requested_by": requested_by or os_user(),
+            "policy": policy})
 
         def submit() -> str:
             self._check_unlocked(info)
@@ -230,6 +233,40 @@ class Client:
             host=job.host, domain=job.domain, name=job.name, job_id=job.job_id,
             details={"job_op": job.op, "was": job.state, "cancel": state}))
         return ended or self.store.get_job(job.job_id)
+
+    # ------------------------------------------------------------ scheduled backups
+
+    @property
+    def policies(self) -> PolicyStore:
+        """Policies, labels, protection and run history (:mod:`domsnap.policies`)."""
+        return PolicyStore(self.store)
+
+    def protect(self, domain: str, name: str, on: bool = True) -> None:
+        """Protect a snapshot from pruning (``on=False``: unprotect it)."""
+        _, info = self._find(domain)
+        self.policies.protect(info.uuid, name, on)
+
+    def label(self, domain: str, labels: dict[str, str],
+              remove: list[str] | None = None) -> dict[str, str]:
+        _, info = self._find(domain)
+        return self.policies.set_labels(info.uuid, labels, remove or [])
+
+    def prune(self, *, policy: str | None = None, domain: str | None = None,
+              dry_run: bool = False, now: float | None = None) -> list[Any]:
+        """Apply the retention of one policy (or all) to one domain (or the policy's
+        domains); deletes go through the normal delete. Returns one
+        :class:`workers.engine.schedule.PrunePlan` per (policy, domain)."""
+        from workers.engine.schedule import QueueOps, prune
+
+        pst = self.policies
+        ops = QueueOps(self.store, self._app())
+        plans = []
+        for pol in [pst.get(policy)] if policy else pst.all():
+            targets = [self._find(domain)] if domain else pst.select(pol)
+            for host, info in targets:
+                plans.append(prune(pst, ops, pol, host, info, now=now or time.time(),
+                                   dry_run=dry_run))
+        return plans
 
     def _app(self) -> Any:
         """This client's Celery app (its own broker settings), made on first use."""

@@ -91,3 +91,49 @@ class Keys:
     def seq(self) -> str:
         """counter giving every job event a fleet-wide order."""
         return f"{self.prefix}:seq"
+
+    # scheduled backups (domsnap.policies)
+    def labels(self, uuid: str) -> str:
+        """hash: label key -> value, set by ``domsnap domain-label``."""
+        return self._dom(uuid) + ":labels"
+
+    def protected(self, uuid: str) -> str:
+        """set: names of the domain's snapshots that pruning never deletes."""
+        return self._dom(uuid) + ":protected"
+
+    @property
+    def policies(self) -> str:
+        """hash: policy name -> Policy JSON."""
+        return f"{self.prefix}:policies"
+
+    def policy_runs(self, policy: str) -> str:
+        """list: the policy's last runs, PolicyRun JSON, newest first."""
+        return f"{self.prefix}:policy:{{{policy}}}:runs"
+
+    def policy_jobs(self, policy: str) -> str:
+        """hash: domain uuid -> job id of the policy's last create on it."""
+        return f"{self.prefix}:policy:{{{policy}}}:jobs"
+
+    def policy_running(self, policy: str) -> str:
+        """string: run id of the policy's run in progress (short TTL, renewed)."""
+        return f"{self.prefix}:policy:{{{policy}}}:running"
+
+    @property
+    def beat_prefix(self) -> str:
+        """Prefix of the scheduler's own keys (celery-redbeat entries, lock)."""
+        return f"{self.prefix}:beat"
+
+    # metrics (domsnap.metrics)
+    @property
+    def metrics_jobs(self) -> str:
+        """hash: '<op>:<state>' -> count of ended jobs."""
+        return f"{self.prefix}:metrics:jobs"
+
+    def metrics_hist(self, name: str) -> str:
+        """hash: histogram buckets ('le:<bound>', 'sum', 'count')."""
+        return f"{self.prefix}:metrics:hist:{name}"
+
+    @property
+    def metrics_policy_success(self) -> str:
+        """hash: policy -> time of its last run in which every domain succeeded."""
+        return f"{self.prefix}:metrics:policy_success"

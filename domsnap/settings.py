@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     concurrency: int = 2
     inflight_concurrency: int = 2
     command_timeout_s: float = 600.0
+    # the scheduler (domsnap scheduler): longest sleep between two beat ticks (policy
+    # changes show within it; the leader lock lasts 5x this); metrics port, 0 = none
+    beat_max_interval_s: float = Field(default=5.0, gt=0)
+    schedule_queue: str = Field(default="domsnap.schedule", pattern=r"^[A-Za-z0-9_.-]{1,200}$")
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     xl_binary: str = "xl"
     xen_run_dir: Path = Path("/var/run/xen")  # where libxl puts qmp-libxl-<domid>

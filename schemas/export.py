@@ -31,6 +31,7 @@ from schemas.models import (
     Request,
     SnapshotRecord,
 )
+from schemas.policy import Policy, PolicyRun
 
 BASE_ID = "https://domsnap.invalid/schemas/"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -59,6 +60,8 @@ SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
                                  _model(FsckRequest)),
     "fsck-report.schema.json": ("domsnap fsck report", _model(FsckReport)),
     "audit.schema.json": ("domsnap audit log entry", _model(AuditEntry)),
+    "policy.schema.json": ("domsnap backup policy", _model(Policy)),
+    "policy-run.schema.json": ("domsnap policy run (history)", _model(PolicyRun)),
 }
 
 

@@ -171,6 +171,9 @@ class CreateRequest(_Request):
     disks: list[DiskChoice] | None = Field(
         default=None, description="exactly these disks; default every writable non-cdrom disk"
     )
+    policy: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                               description="the backup policy that asked for it (pruning "
+                               "touches only snapshots of a policy)")
 
     _memory_file_len = field_validator("memory_file")(check_path_length)
 
@@ -284,6 +287,7 @@ class SnapshotRecord(_Versioned):
     disks: list[DiskSnapshot] = Field(default_factory=list)
     domain_config: DomainConfig
     job_id: str | None = None
+    policy: str | None = None
 
 
 class ErrorInfo(BaseModel):

@@ -35,7 +35,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_time_limit=s.task_time_limit_s + TASK_KILL_GRACE_S,
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # task events, so Flower shows domsnap's tasks (the job records stay the truth)
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         task_track_started=False,
     )
     return app

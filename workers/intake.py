@@ -35,7 +35,13 @@ from typing import Any, get_origin, get_type_hints
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 
-from workers.routing import host_queue, inflight_queue, is_internal
+from workers.routing import (
+    SCHEDULE_QUEUE,
+    TASK_POLICY_RUN,
+    host_queue,
+    inflight_queue,
+    is_internal,
+)
 
 log = logging.getLogger("domsnap.intake")
 
@@ -153,8 +159,11 @@ def _bind(task: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
 
 
 def check_task_message(app: Any, host: str, headers: Any, content_type: Any,
-                       content_encoding: Any, body: Any, routing_key: Any) -> None:
-    """A Celery protocol-2 task message fit for this host's worker, or BadMessage."""
+                       content_encoding: Any, body: Any, routing_key: Any,
+                       schedule_queue: str = SCHEDULE_QUEUE) -> None:
+    """A Celery protocol-2 task message fit for this host's worker, or BadMessage. The
+    scheduler's queue carries policy runs and nothing else; a policy run comes from no
+    other queue."""
     if not isinstance(headers, dict):
         raise BadMessage("no headers (not a Celery task message)")
     task_name, task_id = headers.get("task"), headers.get("id")
@@ -164,7 +173,11 @@ def check_task_message(app: Any, host: str, headers: Any, content_type: Any,
         raise BadMessage("header 'id' is missing or not a string of 1-255 characters")
     if not task_name.startswith("domsnap.") or task_name not in app.tasks:
         raise BadMessage(f"unknown task {_excerpt(task_name)}")
-    queues = {host_queue(host), inflight_queue(host)}
+    if (task_name == TASK_POLICY_RUN) != (routing_key == schedule_queue):
+        raise BadMessage(f"{task_name} came from {_excerpt(routing_key)}: only "
+                         f"{TASK_POLICY_RUN} runs from the scheduler's queue {schedule_queue}, "
+                         "and only from there")
+    queues = {host_queue(host), inflight_queue(host), schedule_queue}
     if not isinstance(routing_key, str) or routing_key not in queues:
         raise BadMessage(f"came from {_excerpt(routing_key)}, not a queue of host {host}")
     if is_internal(task_name) and routing_key != inflight_queue(host):
@@ -217,6 +230,7 @@ class SafeConsumer(Consumer):  # type: ignore[misc]
         from domsnap.settings import get_settings
 
         host = get_settings().host
+        schedule_queue = get_settings().schedule_queue
 
         def on_task_received(message: Any) -> Any:
             info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
@@ -226,7 +240,8 @@ class SafeConsumer(Consumer):  # type: ignore[misc]
                     f"id {_excerpt(headers.get('id'), 60)})")
             try:
                 check_task_message(self.app, host, message.headers, message.content_type,
-                                   message.content_encoding, message.body, queue)
+                                   message.content_encoding, message.body, queue,
+                                   schedule_queue)
             except BadMessage as exc:
                 log.error("rejected message %s: %s", what, exc)
                 self._drop(message)

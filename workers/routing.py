@@ -31,6 +31,13 @@ TASK_RUN_REVERT = "domsnap.step.revert"
 TASK_RUN_DELETE = "domsnap.step.delete"
 
 
+# Scheduled backups: the scheduler (Celery beat) sends each policy run to the schedule
+# queue (DOMSNAP_SCHEDULE_QUEUE, default below), consumed by the scheduler's own small
+# worker (``domsnap scheduler``), never by a host.
+SCHEDULE_QUEUE = "domsnap.schedule"
+TASK_POLICY_RUN = "domsnap.policy.run"
+
+
 def is_internal(task_name: str) -> bool:
     """Whether ``task_name`` is a continuation step (never a request from outside)."""
     return task_name.startswith(INTERNAL_PREFIX)

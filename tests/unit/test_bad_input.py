@@ -387,3 +387,18 @@ def test_a_huge_number_is_a_one_line_error(digits: int) -> None:
 def test_64_bit_numbers_still_parse() -> None:
     cfg = parse_domain_config('name = "a"\nmemory = 18446744073709551615\nvcpus = 0x10\n')
     assert cfg.memory == 18446744073709551615
+
+
+def test_the_schedulers_queue_carries_policy_runs_only() -> None:
+    """The scheduler's worker (queue domsnap.schedule) takes policy runs, and nothing
+    else; a policy run on a host's queue is turned away."""
+    from tasks import schedule as _schedule  # registers domsnap.policy.run
+    from workers.routing import SCHEDULE_QUEUE, TASK_POLICY_RUN
+
+    run = {"headers": {"task": TASK_POLICY_RUN, "id": JOB}, "body": _celery_body(["nightly"])}
+    assert _schedule.policy_run.name in app.tasks
+    _check(**run, queue=SCHEDULE_QUEUE)
+    with pytest.raises(BadMessage, match="only domsnap.policy.run runs from the scheduler"):
+        _check(**run, queue=host_queue(HOST))
+    with pytest.raises(BadMessage, match="only domsnap.policy.run runs from the scheduler"):
+        _check(queue=SCHEDULE_QUEUE)  # a create sent to the scheduler's queue

@@ -144,10 +144,22 @@ def test_worker_gets_kvm_and_runs_domsnap_worker() -> None:
     assert "/var/lib/domsnap" in targets, targets
 
 
-def test_scheduler_is_the_celery_beat_of_the_domsnap_image() -> None:
+def test_scheduler_runs_the_policies_from_the_domsnap_image() -> None:
+    """`domsnap scheduler` is Celery beat on domsnap's redbeat scheduler plus the
+    policy-run worker (workers/scheduler.py), with the metrics port."""
+    from domsnap.settings import Settings
+    from workers.scheduler import argv as scheduler_argv
+
     scheduler = service("scheduler")
-    assert argv(scheduler)[:4] == ["celery", "-A", "tasks.ops", "beat"]
+    args = argv(scheduler)
+    assert args[:2] == ["domsnap", "scheduler"], args
+    assert option_value(args, "--metrics-port") == "9464"
+    assert any("9464" in str(p) for p in scheduler.get("ports", []))
     assert scheduler.get("image") == service("worker").get("image")
+    assert "${REDIS_PASSWORD" in environment(scheduler).get("DOMSNAP_REDIS_URL", "")
+    beat, worker = scheduler_argv(Settings(), concurrency=2, loglevel="INFO", node="n")
+    assert beat[4:8] == ["tasks.schedule", "beat", "-S", "tasks.schedule:PolicyScheduler"]
+    assert worker[4:8] == ["tasks.schedule", "worker", "-Q", "domsnap.schedule"]
 
 
 def test_compose_file_holds_no_literal_secret() -> None:

@@ -244,7 +244,8 @@ def test_export_files_have_id_and_title() -> None:
     assert set(export.SCHEMAS) == {
         "request.schema.json", "job.schema.json", "snapshot.schema.json", "event.schema.json",
         "inventory.schema.json", "snapshot-config.schema.json", "domain-config.schema.json",
-        "fsck-request.schema.json", "fsck-report.schema.json", "audit.schema.json"}
+        "fsck-request.schema.json", "fsck-report.schema.json", "audit.schema.json",
+        "policy.schema.json", "policy-run.schema.json"}
     for name in export.SCHEMAS:
         text = (export.OUT_DIR / name).read_text()
         assert text.endswith("}\n") and not text.endswith("\n\n")

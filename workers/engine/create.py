@@ -245,7 +245,7 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
         disk_only=plan["memory_file"] is None, memory_file=plan["memory_file"],
         memory_bytes=memory_bytes, memory_save_ms=memory_save_ms, pause_ms=pause_ms,
         parent=host.store.current(req.domain), disks=snaps, domain_config=config,
-        job_id=req.job_id)
+        job_id=req.job_id, policy=req.policy)
     host.files.write_sidecar(record)
     faults.point("commit-sidecar")
     host.store.commit_snapshot(record, job_id=req.job_id, fence=jobs.fence_of(req, plan))

@@ -144,6 +144,7 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
     worker that dies in between leaves a trace for start-up recovery."""
     entry = host.files.read_journal(req.job_id)
     fence = fence_of(req, entry.get("plan") if entry else None)
+    job: JobRecord | None = None
     try:
         host.files.clear_pausing(req.domain, req.job_id)
         if isinstance(req, CreateRequest):
@@ -152,8 +153,8 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
     finally:
         progress_for(host, req.job_id)("done" if state == "succeeded" else "failed", message)
         try:
-            host.store.update_job(req.job_id, fence=fence, state=state,
-                                  finished_at=time.time(), result=result, error=error)
+            job = host.store.update_job(req.job_id, fence=fence, state=state,
+                                        finished_at=time.time(), result=result, error=error)
         except UnknownJob:
             pass  # Redis lost the job (restarted empty): nothing left to report it to
         if state == "succeeded":
@@ -161,6 +162,8 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
         audit.record(host.settings, host.store, who=req.requested_by or "unknown", op=req.op,
                      outcome=state, domain=req.domain, name=req.name, job_id=req.job_id,
                      error=error.code if error else None)
+    if job is not None:
+        _count(host, job)
     host.files.remove_journal(req.job_id)
 
 
@@ -171,6 +174,19 @@ def _note_current(host: Host, req: AnyRequest) -> None:
         write_current(host.settings.state_dir, req.domain, name)
     except (DomsnapError, OSError):
         pass  # fsck reports and repairs a host copy that lags
+
+
+def _count(host: Host, job: JobRecord) -> None:
+    """The job's outcome into the metrics (best effort, like progress)."""
+    from domsnap.metrics import record_job
+
+    started = job.started_at or job.submitted_at
+    try:
+        record_job(host.store, job.op, job.state,
+                   (job.finished_at - started) if job.finished_at and started else None,
+                   (job.result or {}).get("pause_ms"))
+    except DomsnapError:
+        pass
 
 
 def _jsonable(details: dict[str, Any]) -> dict[str, Any]:
