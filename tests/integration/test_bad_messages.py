@@ -54,6 +54,11 @@ def dom(cluster: Cluster, host: HostHandle) -> Domain:
                               start=False)
     cluster.wait_inventory(d)
     succeeded(cluster.client(), cluster.client().create(d.name, name="base", disk_only=True))
+    # a job is published as ended before its worker drops the journal (the last thing it
+    # does, so a death in between leaves a trace): wait for that, or "nothing changed"
+    # below would see the worker finish this job
+    journal = host.state_dir / "journal"
+    wait_until(lambda: not list(journal.glob("*.json")), "the base create's journal gone")
     return d
 
 
@@ -315,16 +320,23 @@ def test_recovery_survives_a_journal_it_cannot_handle(cluster: Cluster, host: Ho
         (jdir / f"{jid}.json").write_text(json.dumps({
             "request": req, "step": "capture",
             "plan": {"mode": "offline", "memory_file": mem, "domain_state": "shutoff",
-                     "config": {}, "disks": []}}))
+                     "config": dom.config(), "disks": []}}))
     try:
         cluster.start_worker(host.name, concurrency=1, inflight=1)
         for jid in bad_ids:
             assert f"could not recover job {jid}" in log_of(host)
+            # failed with the reason, its lock and name released, its journal set aside
+            bad = client.job(jid)
+            assert bad.state == "failed" and bad.error is not None
+            assert "recovering it failed" in bad.error.message
+            assert (jdir / "failed" / f"{jid}.json").exists()
+            assert not (jdir / f"{jid}.json").exists()
         assert client.job(good_id).state == "failed"
         succeeded(client, client.create(dom.name, name="after-recovery", disk_only=True))
     finally:
         for jid in bad_ids:
             (jdir / f"{jid}.json").unlink(missing_ok=True)
+            (jdir / "failed" / f"{jid}.json").unlink(missing_ok=True)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True,

@@ -56,12 +56,14 @@ def _raw(cluster: Cluster, dom: Domain, name: str, **extra: object) -> CreateReq
 
 @contextmanager
 def held(dom: Domain, job_id: str) -> Iterator[None]:
-    """Hold the job's step lock: its continuation waits until we let go."""
+    """Hold the job's step lock shared, as its offline disk steps do: they run, while a
+    step that takes it exclusive (a live capture, the finishing step) waits until we
+    let go."""
     locks = dom.host.state_dir / "locks"
     locks.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(locks / f"{job_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH)
         yield
     finally:
         os.close(fd)
@@ -128,7 +130,9 @@ def test_cancel_a_queued_create(cluster: Cluster, dom: Domain) -> None:
     client = cluster.client()
     marker = dom.host.state_dir / "pausing" / str(uuidlib.uuid4())
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"job_id": "another-job", "since": time.time()}))
+    now = time.time()  # a marker with a far deadline: the host's guard leaves it alone
+    marker.write_text(json.dumps({"job_id": "another-job", "since": now, "budget_s": 600,
+                                  "deadline": now + 600}))
     try:
         job_id = client.create(dom.name, name="cq1", disk_only=True)
         _until(lambda: any(e.step == "queued" for e in client.store.events(job_id)),

@@ -398,7 +398,10 @@ def test_offline_disk_step_after_its_job_ended_does_nothing(cluster: Cluster,
     res = make_app(cluster.settings()).send_task(
         TASK_DISK, args=[entry_req.model_dump(mode="json"), disk],
         queue=inflight_queue(fh.name)).get(timeout=60)
-    assert res["ok"] is False and res.get("skipped") is True
+    # turned away before it acts: re-admitted against the ended job (workers/engine/admit.py
+    # admit_step) or, past that, skipped by the step itself
+    assert res["ok"] is False
+    assert res.get("skipped") is True or res.get("error") == "step refused (see the worker log)"
     assert internal_snapshots(dom.active(dom.vdevs[0])) == []
     assert store.get_job(job).state == "failed"
     no_leftovers(fh, dom, client)

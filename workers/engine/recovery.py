@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 from domsnap.errors import DomainLocked, DomsnapError, OperationFailed, UnknownSnapshot
 from schemas.config import DomainConfig
-from schemas.models import CreateRequest, DeleteRequest, RevertRequest
+from schemas.models import JOB_ID_RE, CreateRequest, DeleteRequest, ErrorInfo, RevertRequest
 from workers.drivers.base import DiskOp
 from workers.engine import jobs
 from workers.engine.diskops import undo_offline
@@ -167,6 +168,39 @@ def recover(host: Host) -> None:
                     recover_entry(host, fresh)
         except Exception as exc:  # noqa: BLE001 - must never block the worker's start
             log.error("could not recover job %s: %s: %s", job_id, type(exc).__name__, exc)
+            give_up(host, entry, job_id, exc)
+
+
+def give_up(host: Host, entry: dict[str, Any], job_id: str, exc: BaseException) -> None:
+    """Recovery of one journal failed. Its journal moves to ``journal/failed/`` for the
+    operator (so it is not tried at every start; ``domsnap fsck`` reports what the job
+    may have left), and the job is failed with the reason, releasing what it held (its
+    lock, name and pause marker): one bad journal must not wedge its domain for the
+    lock's lifetime. A journal whose job id is not canonical is left where it is."""
+    body = entry.get("request") if isinstance(entry, dict) else None
+    if not isinstance(body, dict) or not JOB_ID_RE.fullmatch(job_id):
+        return
+    kept = host.files.journal_dir / "failed" / f"{job_id}.json"
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.replace(host.files.journal_path(job_id), kept)
+    except OSError as err:
+        log.error("job %s: could not set its journal aside: %s", job_id, err)
+        return
+    domain, name = body.get("domain"), body.get("name")
+    try:
+        if isinstance(domain, str):
+            host.files.clear_pausing(domain, job_id)
+            if body.get("op") == "create" and isinstance(name, str):
+                host.store.release_name(domain, name, job_id)
+            host.store.release_lock(domain, job_id)
+        host.store.update_job(job_id, state="failed", finished_at=time.time(),
+                              error=ErrorInfo(code="operation_failed", message=(
+                                  f"the worker stopped during the operation and recovering it "
+                                  f"failed ({type(exc).__name__}: {exc}); its journal is kept "
+                                  f"at {kept} for the operator")))
+    except (DomsnapError, OSError, ValueError) as err:
+        log.error("job %s: could not fail it after its recovery failed: %s", job_id, err)
 
 
 STEPS = ("capture", "finish", "revert", "delete")  # the guarded continuation steps
@@ -201,9 +235,16 @@ def request_of(entry: dict[str, Any]) -> jobs.AnyRequest:
 
 
 def recover_entry(host: Host, entry: dict[str, Any], *, why: str = DEAD_WORKER) -> None:
-    """Finish or undo the operation of one journal entry; the job ends either way."""
+    """Finish or undo the operation of one journal entry; the job ends either way. All of
+    the entry is read before anything is touched: a corrupt one takes no lock."""
     req = request_of(entry)
     plan = entry.get("plan")
+    if isinstance(plan, dict):
+        for key in ("config", "old_config"):
+            if isinstance(plan.get(key), dict):
+                DomainConfig.model_validate(plan[key])
+        for d in plan.get("disks") or []:
+            DiskOp(**d)
     if not isinstance(plan, dict):  # it never got past admission: nothing was touched
         jobs.fail(host, req, OperationFailed(f"{why} while the request waited for admission; "
                                              "nothing was changed"))
