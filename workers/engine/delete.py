@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import OperationFailed, Refused
+from domsnap.errors import DomsnapError, OperationFailed, Refused
 from schemas.config import DomainConfig
 from schemas.models import DeleteRequest, DomainInfo, SnapshotRecord
 from workers.engine import jobs
@@ -56,6 +56,10 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
                     "image of the running domain (QEMU: 'Need a root block node'); shut the "
                     "domain off to delete it")
             steps.append({"op": "internal", "vdev": disk.vdev, "path": disk.file, "live": live})
+            if not live and _abandoned(host, disk.file, others, config, formats):
+                # an image domsnap made (a revert's overlay) that held nothing else: it
+                # goes with its last snapshot, or it stays as an orphan nothing names
+                steps.append({"op": "rm", "path": disk.file})
             continue
         steps.extend(_plan_external(host, rec, disk.vdev, disk.file, disk.overlay, others,
                                     chain, running, formats))
@@ -156,6 +160,7 @@ def carry_out_delete(host: Host, req: DeleteRequest, plan: dict[str, Any], *, do
             _noted(host, req, index + 1)
         if renames:
             _apply_renames(host, req, plan, renames)
+        _forget_removed(host, req, plan, {st["path"] for st in steps if st["op"] == "rm"})
         if plan["memory_file"]:
             Path(plan["memory_file"]).unlink(missing_ok=True)
         updated = []
@@ -182,6 +187,47 @@ def carry_out_delete(host: Host, req: DeleteRequest, plan: dict[str, Any], *, do
         if why is None:
             raise
         return {}
+
+
+def _abandoned(host: Host, path: str, others: list[SnapshotRecord], config: DomainConfig,
+               formats: dict[str, str]) -> bool:
+    """Whether nothing needs ``path`` once this snapshot is gone: an image under domsnap's
+    snapshot dir (never a user's), in no active chain, named by no other record, and the
+    backing file of no image a record or the domain uses."""
+    ours = host.settings.snapshots.resolve()
+    if ours not in Path(path).resolve().parents:
+        return False
+    named = {p for r in others for d in r.disks for p in (d.file, d.overlay) if p}
+    if path in named:
+        return False
+    users = named | {d.target for d in config.disks if d.target}
+    try:
+        for top in users:
+            if top in formats and os.path.exists(top) and path in _chain(host, top, formats):
+                return False
+    except DomsnapError:
+        return False  # a chain domsnap cannot read: keep the image rather than guess
+    return True
+
+
+def _forget_removed(host: Host, req: DeleteRequest, plan: dict[str, Any],
+                    removed: set[str]) -> None:
+    """Records that named a removed image as their overlay (the delta a later snapshot
+    froze, on a branch a revert has left) no longer name it: a record names only files
+    that exist. Their frozen images are never removed (the plan keeps them)."""
+    if not removed:
+        return
+    changed = []
+    for rec in host.store.list_snapshots(req.domain):
+        if rec.name == req.name or not any(d.overlay in removed for d in rec.disks):
+            continue
+        new = rec.model_copy(update={"disks": [
+            d.model_copy(update={"overlay": None, "overlay_format": None})
+            if d.overlay in removed else d for d in rec.disks]})
+        host.files.write_sidecar(new)
+        changed.append(new)
+    if changed:
+        host.store.put_snapshots(req.domain, changed, fence=jobs.fence_of(req, plan))
 
 
 def _noted(host: Host, req: DeleteRequest, done: int) -> None:
