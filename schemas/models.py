@@ -9,7 +9,7 @@ import re
 import uuid as _uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas import SCHEMA_VERSION
 from schemas.config import DiskFormat, DomainConfig, SnapshotType
@@ -169,18 +169,33 @@ DiskStrategy = Literal["qmp", "qemu-img", "save-restore", "lvm"]
 class DiskSnapshot(BaseModel):
     vdev: str
     type: SnapshotType
-    format: DiskFormat
+    format: DiskFormat = Field(description="the format of `file`, as `qemu-img info` reports "
+                               "it: internal: qcow2; external: the frozen image's format "
+                               "(e.g. raw: the overlay's backing format); lvm: raw")
     file: str = Field(description="internal: the image holding the snapshot; "
                       "external: the frozen image with the snapshot's content "
                       "(lvm: the snapshot volume)")
     overlay: str | None = Field(default=None, description="external: the delta started at it "
                                 "(lvm: none, the origin volume goes on)")
+    overlay_format: DiskFormat | None = Field(
+        default=None, description="the format of `overlay`: qcow2 for every overlay domsnap "
+        "makes; none without an overlay (records of older versions: read as qcow2)")
     strategy: DiskStrategy | None = Field(
         default=None, description="how it was taken: qmp (one atomic transaction in the "
         "running domain's QEMU), qemu-img (domain shut off), save-restore (domain saved, "
         "disks taken offline, domain restored), lvm (LVM snapshot of a raw volume)")
     duration_ms: float = 0.0
     size_bytes: int | None = None
+
+    @model_validator(mode="after")
+    def _overlay_format(self) -> DiskSnapshot:
+        """An overlay without a recorded format (a record of an older domsnap) is qcow2:
+        domsnap never made another kind."""
+        if self.overlay and self.overlay_format is None:
+            self.overlay_format = "qcow2"
+        elif not self.overlay and self.overlay_format is not None:
+            raise ValueError("overlay_format: set, but the disk has no overlay")
+        return self
 
 
 class SnapshotRecord(_Versioned):

@@ -7,9 +7,12 @@ at an image in use need ``force_share`` (``-U``).
 
 Every call names the image format (``-f``; qcow2 unless told otherwise) so that
 qemu-img never probes it (a raw image whose guest wrote a qcow2 header must never
-be taken for one). ``qemu-img snapshot`` has no ``-f`` in 7.2 ("unrecognized
-option"): it gets ``--image-opts driver=qcow2,file.driver=file,file.filename=PATH``
-instead, which fails with "Image is not in qcow2 format" on anything else.
+be taken for one): callers pass the format domsnap knows for the image (the domain
+config's, the record's, or the one an overlay's header names for its backing file),
+and every overlay is created with its backing format explicit (``-F``).
+``qemu-img snapshot`` has no ``-f`` in 7.2 ("unrecognized option"): it gets
+``--image-opts driver=qcow2,file.driver=file,file.filename=PATH`` instead, which
+fails with "Image is not in qcow2 format" on anything else.
 
 Every answer is read from ``--output=json``, never from the human-readable
 tables. Failures are :class:`~domsnap.errors.CommandFailed` from the runner
@@ -96,16 +99,28 @@ class QemuImg:
         data = self.info(path, force_share=force_share)
         return [str(s["name"]) for s in data.get("snapshots", [])]
 
-    def backing_file(self, path: StrPath, *, force_share: bool = False) -> str | None:
-        """The absolute path of the image's backing file, or None for a standalone image."""
-        data = self.info(path, force_share=force_share)
+    def backing(self, path: StrPath, *, fmt: str = QCOW2,
+                force_share: bool = False) -> tuple[str | None, str | None]:
+        """``(backing file, backing format)`` of the image ``path`` opened as ``fmt``:
+        the file's absolute path (None for a standalone image) and the format its header
+        names for it (None when the header names none: QEMU would probe it)."""
+        data = self.info(path, force_share=force_share, fmt=fmt)
         full = data.get("full-backing-filename")
-        if full:
-            return str(full)
         name = data.get("backing-filename")
-        if not name:
-            return None
-        return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), str(name)))
+        if full:
+            backing = str(full)
+        elif name:
+            backing = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)),
+                                                    str(name)))
+        else:
+            return None, None
+        bfmt = data.get("backing-filename-format")
+        return backing, str(bfmt) if bfmt else None
+
+    def backing_file(self, path: StrPath, *, fmt: str = QCOW2,
+                     force_share: bool = False) -> str | None:
+        """The absolute path of the image's backing file, or None for a standalone image."""
+        return self.backing(path, fmt=fmt, force_share=force_share)[0]
 
     # -- creation --------------------------------------------------------------
 

@@ -362,7 +362,10 @@ class QemuDriver(Driver):
             if disk.target is None or disk.devtype == "cdrom":
                 continue
             ro = disk.access == "ro"
-            fmt = disk.format if disk.format in ("qcow2", "raw") else "raw"
+            fmt = disk.format
+            if fmt not in ("qcow2", "raw"):  # never open an image as a format it is not
+                raise InvalidInput(f"disk {disk.vdev}: format {fmt} is not supported by the "
+                                   "qemu driver (qcow2 or raw)", field="disk")
             argv += ["-blockdev", json.dumps({"driver": "file", "filename": disk.target,
                                               "node-name": f"{disk.vdev}-file", "read-only": ro}),
                      "-blockdev", json.dumps({"driver": fmt, "file": f"{disk.vdev}-file",

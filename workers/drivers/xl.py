@@ -66,11 +66,12 @@ def _touch_private(path: Path) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
 
-def _retarget(config: DomainConfig, moves: dict[str, str]) -> DomainConfig:
-    """``config`` with every disk whose image is a key of ``moves`` pointed at its value."""
+def _retarget(config: DomainConfig, moves: dict[str, tuple[str, str]]) -> DomainConfig:
+    """``config`` with every disk whose image is a key of ``moves`` pointed at the image
+    and format of its value (a raw disk's qcow2 overlay must be restored as qcow2)."""
     return config.model_copy(update={"disks": [
-        d.model_copy(update={"target": moves.get(d.target or "", d.target)})
-        for d in config.disks]})
+        d.model_copy(update={"target": moves[d.target][0], "format": moves[d.target][1]})
+        if d.target in moves else d for d in config.disks]})
 
 
 class XlDriver(Driver):
@@ -429,7 +430,7 @@ class XlDriver(Driver):
             self._offline_parallel(name, disks)
             result.disks_ms = round((time.monotonic() - t1) * 1000, 3)
             return _retarget(self.registry.get(uuid).config,
-                             {op.path: op.target for op in disks
+                             {op.path: (op.target, "qcow2") for op in disks
                               if op.type == "external" and op.strategy != "lvm" and op.target})
 
         def undo() -> None:
@@ -480,12 +481,12 @@ class XlDriver(Driver):
             return
 
         def work() -> DomainConfig:
-            moves: dict[str, str] = {}
+            moves: dict[str, tuple[str, str]] = {}
             for op in rest:
                 if op.type == "external" and op.target:
                     self.img.commit(op.target)  # keep what the guest wrote since
                     Path(op.target).unlink(missing_ok=True)
-                    moves[op.target] = op.path
+                    moves[op.target] = (op.path, op.format)
                 else:
                     self.img.snapshot_delete(op.path, name)
             return _retarget(self.registry.get(uuid).config, moves)
@@ -515,8 +516,13 @@ class XlDriver(Driver):
             return
 
         def work() -> DomainConfig:
+            # top is a qcow2 overlay; base is opened with the format top's header names
+            _, base_fmt = self.img.backing(top, force_share=True)
+            if base_fmt is None:
+                raise Refused(f"{top} names its backing file {base} without a format; "
+                              "domsnap does not guess one")
             self.img.commit(top)
-            return _retarget(self.registry.get(uuid).config, {top: base})
+            return _retarget(self.registry.get(uuid).config, {top: (base, base_fmt)})
 
         self._window(uuid, domid, keep=None, was_running=state == "running", work=work,
                      progress=lambda step, msg: None)

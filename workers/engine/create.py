@@ -21,6 +21,7 @@ from schemas.models import CreateRequest, DiskChoice, DiskSnapshot, DomainInfo, 
 from workers.drivers.base import DiskOp
 from workers.engine import jobs
 from workers.engine.diskops import take_offline, undo_offline
+from workers.engine.formats import OVERLAY_BASES
 from workers.engine.recovery import guarded
 from workers.host import Host
 from workers.hostio.paths import confined
@@ -68,6 +69,9 @@ def plan_create(host: Host, req: CreateRequest, info: DomainInfo) -> dict[str, A
         elif c.format not in (None, "qcow2"):
             raise InvalidInput(f"disks[{i}].format: external overlays are qcow2",
                                field=f"disks[{i}].format")
+        elif spec.format not in OVERLAY_BASES and spec.backendtype != "phy":
+            raise Refused(f"disks[{i}]: {c.vdev} is {spec.format}: external snapshots go on "
+                          "qcow2 or raw images only", vdev=c.vdev)
         wanted[c.vdev] = c.target
         disks.append(DiskOp(vdev=c.vdev, path=spec.target, format=spec.format,
                             type=kind, backend=spec.backendtype))
@@ -181,19 +185,16 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
     caller reports success only after it."""
     config = DomainConfig.model_validate(plan["config"])
     disks = _ops(plan)
-    new_cfg = config.model_copy(update={"disks": [
-        d.model_copy(update={"target": next((o.target for o in disks if o.vdev == d.vdev
-                                             and o.type == "external" and o.strategy != "lvm"),
-                                            d.target)})
-        for d in config.disks]})
-    host.driver.set_domain_config(req.domain, new_cfg)
+    host.driver.set_domain_config(req.domain, config_after_create(config, disks))
     snaps = []
     for op in disks:
         lvm = op.strategy == "lvm"  # the snapshot volume holds the frozen state
         size = _size(op.target if op.type == "external" else op.path)
+        overlay = None if lvm else op.target
+        # format: the frozen (or internal-holding) image's; the overlay is always qcow2
         snaps.append(DiskSnapshot(vdev=op.vdev, type=op.type, format=op.format,  # type: ignore[arg-type]
                                   file=op.target if lvm and op.target else op.path,
-                                  overlay=None if lvm else op.target,
+                                  overlay=overlay, overlay_format="qcow2" if overlay else None,
                                   strategy=op.strategy or None,  # type: ignore[arg-type]
                                   duration_ms=disk_ms.get(op.vdev, 0.0), size_bytes=size))
     record = SnapshotRecord(
@@ -210,6 +211,18 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
               "memory_bytes": memory_bytes, "disk_only": record.disk_only,
               "disks": [s.model_dump(mode="json") for s in snaps]}
     return result
+
+
+def config_after_create(config: DomainConfig, disks: list[DiskOp]) -> DomainConfig:
+    """The domain config once ``disks`` are taken: each disk with an external overlay
+    (not LVM: the origin volume goes on) now runs on that overlay, a qcow2 image,
+    whatever the format of the image it froze (a raw disk's overlay opened as raw would
+    be overwritten by the guest's first write)."""
+    overlays = {o.vdev: o.target for o in disks
+                if o.type == "external" and o.strategy != "lvm" and o.target}
+    return config.model_copy(update={"disks": [
+        d.model_copy(update={"target": overlays[d.vdev], "format": "qcow2"})
+        if d.vdev in overlays else d for d in config.disks]})
 
 
 def _size(path: str | None) -> int | None:

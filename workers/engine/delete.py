@@ -18,23 +18,27 @@ from domsnap.errors import Refused
 from schemas.config import DomainConfig
 from schemas.models import DeleteRequest, DomainInfo, SnapshotRecord
 from workers.engine import jobs
+from workers.engine.formats import known_formats, walk
 from workers.engine.recovery import guarded
 from workers.host import Host
 
 
-def _chain(host: Host, path: str | None) -> list[str]:
-    """``path`` and every image below it."""
-    out: list[str] = []
-    while path and os.path.exists(path) and path not in out:
-        out.append(path)
-        path = host.img.backing_file(path, force_share=True)
-    return out
+def _chain(host: Host, path: str | None, formats: dict[str, str]) -> list[str]:
+    """``path`` and every image below it, each read with its own format (noted in
+    ``formats``, which must know ``path``'s)."""
+    if not path or path not in formats:
+        return []
+    found = walk(host.img, path, formats[path], formats)
+    formats.update(found)  # a header's backing format is how QEMU opens that file
+    return [p for p, _ in found]
 
 
 def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, Any]:
     rec = host.store.get_snapshot(req.domain, req.name)  # UnknownSnapshot if gone
-    others = [r for r in host.store.list_snapshots(req.domain) if r.name != rec.name]
+    records = host.store.list_snapshots(req.domain)
+    others = [r for r in records if r.name != rec.name]
     config = host.driver.domain_config(req.domain)
+    formats = known_formats(config, records)
     active_path = {d.vdev: d.target for d in config.disks}
     running = info.state in ("running", "paused")
     steps: list[dict[str, Any]] = []
@@ -42,7 +46,7 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
         if disk.strategy == "lvm":
             steps.append({"op": "lvm-remove", "vdev": disk.vdev, "path": disk.file})
             continue
-        chain = _chain(host, active_path.get(disk.vdev))
+        chain = _chain(host, active_path.get(disk.vdev), formats)
         if disk.type == "internal":
             live = running and disk.file in chain
             if live and chain[0] != disk.file:
@@ -53,7 +57,7 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
             steps.append({"op": "internal", "vdev": disk.vdev, "path": disk.file, "live": live})
             continue
         steps.extend(_plan_external(host, rec, disk.vdev, disk.file, disk.overlay, others,
-                                    chain, running))
+                                    chain, running, formats))
     children = [r.name for r in others if r.parent == rec.name]
     return {"steps": steps, "memory_file": rec.memory_file, "children": children,
             "parent": rec.parent, "running": running}
@@ -61,17 +65,17 @@ def plan_delete(host: Host, req: DeleteRequest, info: DomainInfo) -> dict[str, A
 
 def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
                    overlay: str | None, others: list[SnapshotRecord], active_chain: list[str],
-                   running: bool) -> list[dict[str, Any]]:
+                   running: bool, formats: dict[str, str]) -> list[dict[str, Any]]:
     mine = [d for r in others for d in r.disks if d.vdev == vdev and d.strategy != "lvm"]
     holds_others = any(d.file == frozen for d in mine)  # e.g. internal snapshots in F
     known = {p for d in mine for p in (d.file, d.overlay) if p} | set(active_chain)
     if overlay:
         known.add(overlay)
-    known = {p for p in known if os.path.exists(p)}
-    backing = {p: host.img.backing_file(p, force_share=True) for p in known}
     needed = set(active_chain)
     for d in mine:
-        needed.update(_chain(host, d.file))
+        needed.update(_chain(host, d.file, formats))
+    known = {p for p in known if os.path.exists(p) and p in formats}
+    backing = {p: _backing(host, p, formats[p]) for p in known}
     children = [p for p in known if backing[p] == frozen]
     live_children = [c for c in children if c in needed]
     garbage = [c for c in children if c not in needed and
@@ -88,6 +92,7 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
                           f"held by {top}")
         grandchildren = [p for p in known if backing[p] == top]
         steps.append({"op": "commit", "vdev": vdev, "top": top, "base": frozen,
+                      "base_format": formats.get(frozen, "qcow2"),
                       "live": running and top in active_chain,
                       "active": bool(active_chain) and active_chain[0] == top,
                       "rebase": [g for g in grandchildren if not (running and g in active_chain)]})
@@ -100,7 +105,7 @@ def _plan_external(host: Host, rec: SnapshotRecord, vdev: str, frozen: str,
 def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str, Any]:
     emit = jobs.progress_for(host, req.job_id)
     try:
-        renames: dict[str, str] = {}
+        renames: dict[str, tuple[str, str]] = {}
         for step in plan["steps"]:
             op = step["op"]
             if op == "internal":
@@ -115,9 +120,10 @@ def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str
                     host.driver.commit_live(req.domain, top=step["top"], base=step["base"])
                 else:
                     host.img.commit(step["top"])
+                base_fmt = step.get("base_format", "qcow2")  # journals of older versions
                 for child in step["rebase"]:
-                    host.img.rebase(child, step["base"], unsafe=True)
-                renames[step["top"]] = step["base"]
+                    host.img.rebase(child, step["base"], backing_fmt=base_fmt, unsafe=True)
+                renames[step["top"]] = (step["base"], base_fmt)
                 Path(step["top"]).unlink(missing_ok=True)
             elif op == "lvm-remove":
                 emit("disk", f"{step['vdev']}: removing LVM snapshot {step['path']}")
@@ -146,18 +152,25 @@ def run_delete(host: Host, req: DeleteRequest, plan: dict[str, Any]) -> dict[str
         raise
 
 
-def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, str]) -> None:
-    """After merging C into F, everything that named C names F."""
+def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, tuple[str, str]]) -> None:
+    """After merging C into F, everything that named C names F, with F's format (C was
+    a qcow2 overlay; F may be a raw image)."""
     def fix(p: str | None) -> str | None:
-        return renames.get(p, p) if p else p
+        return renames[p][0] if p and p in renames else p
+
+    def fmt(p: str | None, old: Any) -> Any:
+        return renames[p][1] if p and p in renames else old
 
     changed = []
     for rec in host.store.list_snapshots(req.domain):
         if rec.name == req.name:
             continue
-        disks = [d.model_copy(update={"file": fix(d.file), "overlay": fix(d.overlay)})
+        disks = [d.model_copy(update={"file": fix(d.file), "format": fmt(d.file, d.format),
+                                      "overlay": fix(d.overlay),
+                                      "overlay_format": fmt(d.overlay, d.overlay_format)})
                  for d in rec.disks]
-        cfg_disks = [d.model_copy(update={"target": fix(d.target)})
+        cfg_disks = [d.model_copy(update={"target": fix(d.target),
+                                          "format": fmt(d.target, d.format)})
                      for d in rec.domain_config.disks]
         new = rec.model_copy(update={"disks": disks, "domain_config": rec.domain_config.model_copy(
             update={"disks": cfg_disks})})
@@ -168,4 +181,10 @@ def _apply_renames(host: Host, req: DeleteRequest, renames: dict[str, str]) -> N
         host.store.put_snapshots(req.domain, changed)
     cfg: DomainConfig = host.driver.domain_config(req.domain)
     host.driver.set_domain_config(req.domain, cfg.model_copy(update={"disks": [
-        d.model_copy(update={"target": fix(d.target)}) for d in cfg.disks]}))
+        d.model_copy(update={"target": fix(d.target), "format": fmt(d.target, d.format)})
+        for d in cfg.disks]}))
+
+
+def _backing(host: Host, path: str, fmt: str) -> str | None:
+    """The backing file of ``path`` read as ``fmt`` (a raw image has none)."""
+    return None if fmt == "raw" else host.img.backing_file(path, fmt=fmt, force_share=True)

@@ -15,10 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import Refused
+from domsnap.errors import DomsnapError, Refused
 from schemas.config import DomainConfig
 from schemas.models import DomainInfo, RevertRequest, SnapshotRecord
 from workers.engine import jobs
+from workers.engine.formats import known_formats, walk
 from workers.engine.recovery import guarded
 from workers.host import Host
 
@@ -26,6 +27,7 @@ from workers.host import Host
 def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, Any]:
     rec = host.store.get_snapshot(req.domain, req.name)
     current = host.driver.domain_config(req.domain)
+    formats = known_formats(current, host.store.list_snapshots(req.domain))
     active = {d.vdev: d.target for d in current.disks}
     snapdir = host.settings.snapshots / req.domain
     new_paths: dict[str, str] = {}
@@ -50,9 +52,12 @@ def plan_revert(host: Host, req: RevertRequest, info: DomainInfo) -> dict[str, A
                           "source": disk.file})
             new_paths[disk.vdev] = str(copy)
         else:
+            # the new overlay's backing format is the frozen image's real one (raw for
+            # a raw disk's first external snapshot, qcow2 for a later one)
             overlay = snapdir / f"{rec.name}.{disk.vdev}.r{req.job_id[:8]}.qcow2"
             steps.append({"op": "overlay", "vdev": disk.vdev, "path": str(overlay),
-                          "backing": disk.file, "format": disk.format})
+                          "backing": disk.file,
+                          "format": formats.get(disk.file, disk.format)})
             new_paths[disk.vdev] = str(overlay)
     if not rec.disk_only and (not rec.memory_file or not os.path.exists(rec.memory_file)):
         raise Refused(f"snapshot {rec.name}: its memory image {rec.memory_file} is missing")
@@ -146,15 +151,25 @@ def _drop_abandoned(host: Host, req: RevertRequest, old: DomainConfig,
                     new: DomainConfig) -> None:
     """The images the domain wrote to before the revert hold state the revert discards:
     remove each one domsnap made that no snapshot refers to (never a user's image)."""
-    keep = {d.target for d in new.disks}
-    for rec in host.store.list_snapshots(req.domain):
+    records = host.store.list_snapshots(req.domain)
+    formats = known_formats(new, records)
+    keep = {d.target for d in new.disks if d.target}
+    for rec in records:
         keep.update(p for d in rec.disks for p in (d.file, d.overlay) if p)
     ours = host.settings.snapshots.resolve()
-    for disk in old.disks:
-        path = disk.target
-        if not path or path in keep or ours not in Path(path).resolve().parents:
+    doomed = [d.target for d in old.disks if d.target and d.target not in keep
+              and ours in Path(d.target).resolve().parents]
+    if not doomed:
+        return
+    below: set[str] = set()  # every image a kept one reads through
+    for p in keep:
+        fmt = formats.get(p)
+        if fmt is None or not os.path.exists(p):
             continue
-        if any(host.img.backing_file(p, force_share=True) == path
-               for p in keep if p and os.path.exists(p)):
-            continue
-        Path(path).unlink(missing_ok=True)
+        try:
+            below.update(q for q, _ in walk(host.img, p, fmt, formats))
+        except DomsnapError:
+            return  # a chain domsnap cannot read: remove nothing rather than guess
+    for path in doomed:
+        if path not in below:
+            Path(path).unlink(missing_ok=True)
