@@ -32,7 +32,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -63,17 +62,24 @@ from tests.integration.model import (
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 PROFILE = os.environ.get("DOMSNAP_MODEL_PROFILE", "ci")
-# per driver: examples (one fresh domain each) x steps
-PROFILES: dict[str, dict[str, Any]] = {
-    "ci": {"max_examples": 6, "stateful_step_count": 20, "derandomize": True,
-           "phases": [Phase.explicit, Phase.generate]},
-    "long": {"max_examples": 60, "stateful_step_count": 50, "derandomize": False,
-             "phases": [Phase.explicit, Phase.generate, Phase.shrink]},
+# examples (one fresh domain each) x steps, per driver (xl steps cost about twice as
+# much: every xl call is the stand-in, a Python process)
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "ci": {drv: {"max_examples": n, "stateful_step_count": 25, "derandomize": True,
+                 "phases": [Phase.explicit, Phase.generate]}
+           for drv, n in (("qemu", 8), ("xl", 4))},
+    "long": {drv: {"max_examples": 60, "stateful_step_count": 50, "derandomize": False,
+                   "phases": [Phase.explicit, Phase.generate, Phase.shrink]}
+             for drv in ("qemu", "xl")},
 }
 for _key, _env in (("max_examples", "DOMSNAP_MODEL_EXAMPLES"),
                    ("stateful_step_count", "DOMSNAP_MODEL_STEPS")):
     if os.environ.get(_env):  # by hand: resize the chosen profile
-        PROFILES[PROFILE][_key] = int(os.environ[_env])
+        for _drv in PROFILES[PROFILE].values():
+            _drv[_key] = int(os.environ[_env])
+if os.environ.get("DOMSNAP_MODEL_SHRINK"):  # by hand: shrink a failure found in CI
+    for _drv in PROFILES[PROFILE].values():
+        _drv["phases"] = [Phase.explicit, Phase.generate, Phase.shrink]
 JOB_TIMEOUT = 240.0
 # a refused delete must give one of these reasons (the model does not predict branch
 # points; it insists on success wherever no reason applies, see delete())
@@ -82,8 +88,15 @@ DELETE_REFUSALS = ("branch point", "would lose an internal snapshot", "Need a ro
 # "raw": issue 7's mixed raw + qcow2 defects (branch `formats`): an external snapshot of
 # a raw disk records the overlay as raw, deletes of a domain with a raw disk fail, a
 # second revert fails.
-KNOWN_DEFECTS = {"raw"}
+KNOWN_DEFECTS: set[str] = set()
 DRAWN_KINDS = [k for k in KINDS if k not in KNOWN_DEFECTS]
+# the ops a step draws from, weighted: creates, reverts and deletes are what the
+# test is about; the others move the domain between states or feed it new data
+OPS = ["create"] * 4 + ["revert"] * 3 + ["delete"] * 3 + ["write", "power", "pause", "refusals"]
+# defect model-1 (test_model_regressions.py): deleting an internal snapshot held by an
+# abandoned revert overlay leaves the overlay behind. Until delete.py is fixed the
+# model does not delete such snapshots (counted as "steered"); set to False to see it.
+STEER_MODEL_1 = True
 CHOICE = st.none() | st.sets(st.integers(0, 2), min_size=1, max_size=3)
 PAUSED_STATUSES = ("paused", "prelaunch")  # QMP status of a paused domain ("inmigrate": no)
 
@@ -98,6 +111,7 @@ class DomsnapMachine(RuleBasedStateMachine):
         self.dom: Domain | None = None
         self.m = DomModel(state="shutoff", base={}, content={}, kinds={})
         self.prefix = ""
+        self.user_files: list[str] = []  # the images the domain was made with
         self.n = 0
         self.client: Client = self.cluster.client()
 
@@ -114,6 +128,7 @@ class DomsnapMachine(RuleBasedStateMachine):
         if state == "paused":
             dom.pause()
         self.dom = dom
+        self.user_files = sorted(domain_files(dom, self.prefix))
         self.m = DomModel(state=state, base=base, content=content,
                           kinds=dict(zip(dom.vdevs, kinds, strict=True)))
         self._count("domains")
@@ -196,10 +211,34 @@ class DomsnapMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ rules
 
-    @rule(memory=st.booleans(), kind=st.sampled_from(["internal", "external"]),
-          pick=CHOICE)
-    def create_one(self, memory: bool, kind: str, pick: set[int] | None) -> None:
-        self.create(memory, kind, pick)
+    @rule(op=st.sampled_from(OPS), memory=st.booleans(),
+          kind=st.sampled_from(["internal", "external"]), pick=CHOICE, i=st.integers(0, 99),
+          start=st.sampled_from([None, "running", "paused"]))
+    def step(self, op: str, memory: bool, kind: str, pick: set[int] | None, i: int,
+             start: str | None) -> None:
+        """One step. A single rule with weighted ops (not one rule per op): hypothesis's
+        swarm testing switches whole rules off per example, which over the few examples
+        of the CI profile left some domains without a single revert. An op that cannot
+        apply (revert/delete/refusals with no snapshot; pause of a shut-off domain)
+        becomes a create / a power toggle."""
+        if op in ("revert", "delete", "refusals") and not self.m.snaps:
+            op = "create"
+        if op == "pause" and self.m.state == "shutoff":
+            op = "power"
+        if op == "create":
+            self.create(memory, kind, pick)
+        elif op == "revert":
+            self.revert(i, start)
+        elif op == "delete":
+            self.delete(i)
+        elif op == "refusals":
+            self.refused_requests(i)
+        elif op == "write":
+            self.write()
+        elif op == "power":
+            self.power()
+        else:
+            self.toggle_pause()
 
     def create(self, memory: bool, kind: str, pick: set[int] | None) -> None:
         """Write a new marker on every disk, then snapshot ``pick`` (disk indices; None:
@@ -229,36 +268,8 @@ class DomsnapMachine(RuleBasedStateMachine):
                                        parent=self.m.current)
         self.m.current = name
 
-    # creates are what everything else acts on: drawn twice as often as other rules
-    @rule(memory=st.booleans(), kind=st.sampled_from(["internal", "external"]),
-          pick=CHOICE)
-    def create_another(self, memory: bool, kind: str, pick: set[int] | None) -> None:
-        self.create(memory, kind, pick)
-
-    @rule()
     def write(self) -> None:
         self._write_all()
-
-    # reverts and deletes, like creates, are drawn twice as often as the other rules
-    @precondition(lambda self: bool(self.m.snaps))
-    @rule(i=st.integers(0, 99), start=st.sampled_from([None, "running", "paused"]))
-    def revert_one(self, i: int, start: str | None) -> None:
-        self.revert(i, start)
-
-    @precondition(lambda self: bool(self.m.snaps))
-    @rule(i=st.integers(0, 99), start=st.sampled_from([None, "running", "paused"]))
-    def revert_another(self, i: int, start: str | None) -> None:
-        self.revert(i, start)
-
-    @precondition(lambda self: bool(self.m.snaps))
-    @rule(i=st.integers(0, 99))
-    def delete_one(self, i: int) -> None:
-        self.delete(i)
-
-    @precondition(lambda self: bool(self.m.snaps))
-    @rule(i=st.integers(0, 99))
-    def delete_another(self, i: int) -> None:
-        self.delete(i)
 
     def revert(self, i: int, start: str | None) -> None:
         snap = self._pick(i)
@@ -269,10 +280,24 @@ class DomsnapMachine(RuleBasedStateMachine):
         self.m.content.update(snap.disks)
         self.m.current = snap.name
 
-    def delete(self, i: int) -> None:
+    def _model_1(self, rec: SnapshotRecord, cfg: dict[str, tuple[str, str]]) -> bool:
+        """Would deleting ``rec`` hit defect model-1 (test_model_regressions.py)? An
+        internal snapshot in an image domsnap made (under the snapshot dir) that no active
+        chain and no other record needs."""
+        ours = str(self.d.host.snapshots.resolve()) + os.sep
+        active = {i["filename"] for path, _ in cfg.values() for i in chain_info(path)}
+        others = {p for r in self.client.snapshots(self.d.name) if r.name != rec.name
+                  for dk in r.disks for p in (dk.file, dk.overlay) if p}
+        return any(dk.type == "internal" and str(os.path.realpath(dk.file)).startswith(ours)
+                   and dk.file not in active and dk.file not in others for dk in rec.disks)
+
+    def delete(self, i: int, *, steer: bool = STEER_MODEL_1) -> None:
         snap = self._pick(i)
         rec = self.client.snapshot(self.d.name, snap.name)
         cfg = self._config()
+        if steer and self._model_1(rec, cfg):
+            self._count("steered")  # defect model-1: not fixed yet
+            return
         # no refusal reason can apply to these: they must succeed
         sure = len(self.m.snaps) == 1 or all(
             d.type == "internal" and (self.m.state == "shutoff" or cfg[d.vdev][0] == d.file)
@@ -296,8 +321,6 @@ class DomsnapMachine(RuleBasedStateMachine):
         if self.m.current == snap.name:
             self.m.current = snap.parent
 
-    @precondition(lambda self: bool(self.m.snaps))
-    @rule(i=st.integers(0, 99))
     def refused_requests(self, i: int) -> None:
         """A second snapshot of an existing name, and revert/delete of a name that does
         not exist: clear errors before anything is queued, nothing changed."""
@@ -310,7 +333,6 @@ class DomsnapMachine(RuleBasedStateMachine):
         self._refused("delete nosuch", lambda: self.client.delete(self.d.name, "nosuch"),
                       "unknown_snapshot", ("nosuch",))
 
-    @rule()
     def power(self) -> None:
         """domain-destroy a running or paused domain; domain-start a shut-off one."""
         if self.m.state == "shutoff":
@@ -322,8 +344,6 @@ class DomsnapMachine(RuleBasedStateMachine):
             self.m.state = "shutoff"
             self._count("destroy")
 
-    @precondition(lambda self: self.m.state != "shutoff")
-    @rule()
     def toggle_pause(self) -> None:
         if self.m.state == "running":
             self.d.pause()
@@ -376,6 +396,12 @@ class DomsnapMachine(RuleBasedStateMachine):
             assert top["format"] == fmt, f"{vdev}: config says {fmt}, {path} is {top['format']}"
             holds(f"{vdev} now", path, fmt, vdev, m.content[vdev])
 
+        # the user's own images are never removed (nor left with a snapshot in them); once
+        # no record or config needs one, it is the user's to keep, not an orphan
+        for path in self.user_files:
+            assert os.path.exists(path), f"the user's image {path} is gone"
+            chain(path)
+
         records = self.client.snapshots(dom.name)
         by_name = {r.name: r for r in records}
         assert set(by_name) == set(m.snaps), f"records {sorted(by_name)}, model {sorted(m.snaps)}"
@@ -427,11 +453,12 @@ def test_model(cluster: Cluster, hv_host: str) -> None:
     counts: dict[str, int] = {}
     machine = type("Machine", (DomsnapMachine,),
                    {"cluster": cluster, "host": hv_host, "counts": counts})
+    driver = cluster.hosts[hv_host].driver
     t0 = time.monotonic()
     try:
         run_state_machine_as_test(machine, settings=settings(
-            **PROFILES[PROFILE], deadline=None, database=None, report_multiple_bugs=False,
+            **PROFILES[PROFILE][driver], deadline=None, database=None, report_multiple_bugs=False,
             suppress_health_check=list(HealthCheck)))
     finally:
-        print(f"\nmodel [{PROFILE}] on {cluster.hosts[hv_host].driver}: "
+        print(f"\nmodel [{PROFILE}] on {driver}: "
               f"{time.monotonic() - t0:.0f} s, {counts}")
