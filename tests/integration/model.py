@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,9 +116,53 @@ def write_marker(dom: Domain, vdev: str, marker: int, *, active: bool,
 
 # ---------------------------------------------------------------- reading images
 
+# Results of qemu-img/qemu-io looks, each kept with the stat of every file it read
+# (inode, size, mtime_ns) and reused only while all of them are unchanged: frozen
+# images are read after every step, and mostly they have not changed.
+_Stamp = tuple[tuple[str, int, int, int], ...]
+_cache: dict[tuple[Any, ...], tuple[_Stamp, Any]] = {}
+
+
+def _stamp(paths: Iterable[str]) -> _Stamp | None:
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            return None
+        out.append((p, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _cached(key: tuple[Any, ...]) -> Any:
+    hit = _cache.get(key)
+    if hit is not None and _stamp(p for p, *_ in hit[0]) == hit[0]:
+        return hit[1]
+    return None
+
+
+def _keep(key: tuple[Any, ...], paths: Iterable[str], value: Any) -> None:
+    """Cache ``value`` unless a file changed in the last 2 s (mtime is only as fine as
+    the kernel's clock tick: a write in the same tick as the look could go unseen)."""
+    stamp = _stamp(paths)
+    if stamp is not None and all(time.time_ns() - m > 2_000_000_000 for *_, m in stamp):
+        _cache[key] = (stamp, value)
+
+
 
 def read_slots(path: str, fmt: str, want: dict[int, int]) -> dict[int, bool]:
     """{offset: pattern} -> {offset: holds it?}, one qemu-io for all of them."""
+    key = ("read", path, fmt, tuple(sorted(want.items())))
+    hit = _cached(key)
+    if hit is not None:
+        return dict(hit)
+    files = [str(i["filename"]) for i in chain_info(path)]
+    result = _read_slots(path, fmt, want)
+    _keep(key, files, result)
+    return result
+
+
+def _read_slots(path: str, fmt: str, want: dict[int, int]) -> dict[int, bool]:
     args = ["-r", "-U", "-f", fmt]
     offsets = sorted(want)
     for off in offsets:
@@ -140,10 +185,14 @@ def first_byte(path: str, fmt: str, offset: int) -> str:
 
 def chain_info(path: str) -> list[dict[str, Any]]:
     """``qemu-img info --backing-chain`` with the format probed, as QEMU would see it."""
+    hit = _cached(("info", path))
+    if hit is not None:
+        return list(hit)
     res = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", path],
                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, f"qemu-img info {path}: {res.stderr}"
     data: list[dict[str, Any]] = json.loads(res.stdout)
+    _keep(("info", path), [str(i["filename"]) for i in data], data)
     return data
 
 
@@ -152,14 +201,24 @@ def check_images(paths: Iterable[str], *, leaks_ok: set[str]) -> list[str]:
     clusters (exit 3: "not harmful", says qemu-img) are allowed only on ``leaks_ok``:
     images a QEMU writes to (a domain's active images), where a live internal snapshot
     or a destroy (QEMU killed) leaves them. Corruption (exit 2) fails everywhere."""
-    procs = [(p, subprocess.Popen(["qemu-img", "check", "-U", "-q", p], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True,
-                                  stdin=subprocess.DEVNULL)) for p in paths]
-    bad = []
+    procs = []
+    done: list[tuple[str, int, str]] = []
+    for p in paths:
+        hit = _cached(("check", p))
+        if hit is not None:
+            done.append((p, *hit))
+            continue
+        procs.append((p, subprocess.Popen(["qemu-img", "check", "-U", "-q", p],
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True, stdin=subprocess.DEVNULL)))
     for p, proc in procs:
         out, _ = proc.communicate(timeout=120)
-        if proc.returncode != 0 and not (proc.returncode == 3 and p in leaks_ok):
-            bad.append(f"{p}: exit {proc.returncode}: {out.strip()}")
+        done.append((p, proc.returncode, out))
+        _keep(("check", p), [p], (proc.returncode, out))
+    bad = []
+    for p, rc, out in done:
+        if rc != 0 and not (rc == 3 and p in leaks_ok):
+            bad.append(f"{p}: exit {rc}: {out.strip()}")
     return bad
 
 
