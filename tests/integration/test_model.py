@@ -77,9 +77,10 @@ for _key, _env in (("max_examples", "DOMSNAP_MODEL_EXAMPLES"),
     if os.environ.get(_env):  # by hand: resize the chosen profile
         for _drv in PROFILES[PROFILE].values():
             _drv[_key] = int(os.environ[_env])
-if os.environ.get("DOMSNAP_MODEL_SHRINK"):  # by hand: shrink a failure found in CI
+if os.environ.get("DOMSNAP_MODEL_SHRINK"):  # by hand: 1 = shrink a failure, 0 = do not
     for _drv in PROFILES[PROFILE].values():
-        _drv["phases"] = [Phase.explicit, Phase.generate, Phase.shrink]
+        _drv["phases"] = [Phase.explicit, Phase.generate] + (
+            [Phase.shrink] if os.environ["DOMSNAP_MODEL_SHRINK"] != "0" else [])
 JOB_TIMEOUT = 240.0
 # a refused delete must give one of these reasons (the model does not predict branch
 # points; it insists on success wherever no reason applies, see delete())
@@ -311,7 +312,8 @@ class DomsnapMachine(RuleBasedStateMachine):
             assert job.error.code == "refused" and any(
                 w in job.error.message for w in DELETE_REFUSALS), f"{what}: {job.error}"
             assert self._fingerprint() == before, f"{what}: refused, but something changed"
-            self._count("delete refused")
+            self._count("delete refused: " + next(
+                w for w in DELETE_REFUSALS if w in job.error.message))
             return
         self._count("delete")
         del self.m.snaps[snap.name]
