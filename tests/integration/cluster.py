@@ -323,17 +323,20 @@ class Cluster:
 
     def create_domain(self, host: str, name: str, *, disks: int = 2, guest: bool = True,
                       raw_disk: bool = False, memory: int = 128, start: bool = True,
-                      tick: float = 1.0, extra_cfg: list[str] | None = None) -> Domain:
+                      tick: float = 1.0, extra_cfg: list[str] | None = None,
+                      disk_files: list[tuple[Path, str]] | None = None) -> Domain:
         h = self.host(host)
         if h.driver != "qemu":  # names are fleet-wide: the same test runs once per driver
             name = f"{name}-{h.driver}"
         extra_cfg = extra_cfg or []
         paths: dict[str, Path] = {}
         specs = []
-        for i in range(disks):
+        if disk_files is None:  # else: the caller made the images, (path, format) each
+            disk_files = [(self.make_disk(h, f"{name}-{h.vdevs[i]}", fmt=fmt), fmt)
+                          for i in range(disks)
+                          for fmt in ["raw" if raw_disk and i == disks - 1 else "qcow2"]]
+        for i, (p, fmt) in enumerate(disk_files):
             vdev = h.vdevs[i]
-            fmt = "raw" if raw_disk and i == disks - 1 else "qcow2"
-            p = self.make_disk(h, f"{name}-{vdev}", fmt=fmt)
             paths[vdev] = p
             specs.append(f'"{p},{fmt},{vdev},rw"')
         dom_uuid = str(uuidlib.uuid4())
