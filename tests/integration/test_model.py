@@ -65,9 +65,9 @@ PROFILE = os.environ.get("DOMSNAP_MODEL_PROFILE", "ci")
 # examples (one fresh domain each) x steps, per driver (xl steps cost about twice as
 # much: every xl call is the stand-in, a Python process)
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "ci": {drv: {"max_examples": n, "stateful_step_count": 25, "derandomize": True,
+    "ci": {drv: {"max_examples": n, "stateful_step_count": steps, "derandomize": True,
                  "phases": [Phase.explicit, Phase.generate]}
-           for drv, n in (("qemu", 8), ("xl", 3))},
+           for drv, n, steps in (("qemu", 10, 30), ("xl", 5, 25))},
     "long": {drv: {"max_examples": 60, "stateful_step_count": 50, "derandomize": False,
                    "phases": [Phase.explicit, Phase.generate, Phase.shrink]}
              for drv in ("qemu", "xl")},
