@@ -85,10 +85,10 @@ JOB_TIMEOUT = 240.0
 # a refused delete must give one of these reasons (the model does not predict branch
 # points; it insists on success wherever no reason applies, see delete())
 DELETE_REFUSALS = ("branch point", "would lose an internal snapshot", "Need a root block node")
-# Known defects the strategies steer around until their fixes are merged (each named):
-# "raw": issue 7's mixed raw + qcow2 defects (branch `formats`): an external snapshot of
-# a raw disk records the overlay as raw, deletes of a domain with a raw disk fail, a
-# second revert fails.
+# Disk kinds kept out of the draw while a known defect makes them fail (each named).
+# Empty since branch `formats` is merged: before it, "raw" was here (an external
+# snapshot of a raw disk recorded its overlay as raw, every delete of a domain with a
+# raw disk failed, a second revert failed), and the model hit the first at once.
 KNOWN_DEFECTS: set[str] = set()
 DRAWN_KINDS = [k for k in KINDS if k not in KNOWN_DEFECTS]
 # the ops a step draws from, weighted: creates, reverts and deletes are what the
