@@ -159,13 +159,7 @@ class Client:
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
             "host": host, "name": name, "submitted_at": time.time(), "start": start,
             "request_id": request_id, "requested_by": requested_by or os_user()})
-
-        def submit() -> str:
-            self.store.get_snapshot(info.uuid, req.name)
-            self._check_unlocked(info)
-            return self._enqueue(req)
-
-        return self._once(req, submit)
+        return self._submit_for_snapshot(req, info)
 
     def delete(self, domain: str, name: str, *, request_id: str | None = None,
                requested_by: str | None = None) -> str:
@@ -174,7 +168,10 @@ class Client:
             "job_id": str(uuidlib.uuid4()), "domain": info.uuid, "domain_name": info.name,
             "host": host, "name": name, "submitted_at": time.time(),
             "request_id": request_id, "requested_by": requested_by or os_user()})
+        return self._submit_for_snapshot(req, info)
 
+    def _submit_for_snapshot(self, req: RevertRequest | DeleteRequest, info: DomainInfo) -> str:
+        """Enqueue a revert or delete: its snapshot must exist and the domain be free."""
         def submit() -> str:
             self.store.get_snapshot(info.uuid, req.name)
             self._check_unlocked(info)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import DomsnapError, OperationFailed, Refused
+from domsnap.errors import DomsnapError, Refused
 from schemas.config import DomainConfig
 from schemas.models import DeleteRequest, DomainInfo, SnapshotRecord
 from workers.engine import jobs
@@ -175,15 +175,10 @@ def carry_out_delete(host: Host, req: DeleteRequest, plan: dict[str, Any], *, do
                                    fence=jobs.fence_of(req, plan))
         host.files.remove_sidecar(req.domain, req.name)
         result: dict[str, Any] = {"name": req.name, "deleted": True}
-        if why is not None:
-            result["recovered"] = True
-            emit("recovered", f"{why}; the delete was carried forward and completed")
-        jobs.succeed(host, req, result)
+        jobs.succeed_carried(host, req, result, why)
         return result
     except BaseException as exc:
-        if why is not None:
-            exc = OperationFailed(f"{why}; carrying the delete forward failed: {exc}")
-        jobs.fail(host, req, exc)
+        jobs.fail_carried(host, req, exc, why)
         if why is None:
             raise
         return {}

@@ -126,6 +126,24 @@ def succeed(host: Host, req: AnyRequest, result: dict[str, Any]) -> None:
          message=f"{req.op} of {req.name!r} succeeded")
 
 
+def succeed_carried(host: Host, req: AnyRequest, result: dict[str, Any],
+                    why: str | None) -> None:
+    """:func:`succeed`; for an operation recovery carried forward (``why`` says what
+    stopped it), the result and the progress say so."""
+    if why is not None:
+        result["recovered"] = True
+        progress_for(host, req.job_id)(
+            "recovered", f"{why}; the {req.op} was carried forward and completed")
+    succeed(host, req, result)
+
+
+def fail_carried(host: Host, req: AnyRequest, exc: BaseException, why: str | None) -> None:
+    """:func:`fail`; for an operation recovery carried forward, the error says so."""
+    if why is not None:
+        exc = OperationFailed(f"{why}; carrying the {req.op} forward failed: {exc}")
+    fail(host, req, exc)
+
+
 def fail(host: Host, req: AnyRequest, exc: BaseException) -> None:
     if isinstance(exc, SoftTimeLimitExceeded):
         exc = OperationTimeout(f"{req.op} of {req.name!r} ran past the task time limit "

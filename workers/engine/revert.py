@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from domsnap.errors import DomsnapError, OperationFailed, Refused, UnknownSnapshot
+from domsnap.errors import DomsnapError, Refused, UnknownSnapshot
 from schemas.config import DomainConfig
 from schemas.models import DomainInfo, RevertRequest, SnapshotRecord
 from workers.engine import capacity, jobs
@@ -138,16 +138,11 @@ def carry_out_revert(host: Host, req: RevertRequest, plan: dict[str, Any], *,
             faults.point(f"revert-after-{phase}")
         result: dict[str, Any] = {"name": req.name, "state": plan["final"],
                                   "disks": {s["vdev"]: s["path"] for s in plan["steps"]}}
-        if why is not None:
-            result["recovered"] = True
-            emit("recovered", f"{why}; the revert was carried forward and completed")
-        jobs.succeed(host, req, result)
+        jobs.succeed_carried(host, req, result, why)
         return result
     except BaseException as exc:
         _after_failure(host, req, plan, switched=switched)
-        if why is not None:
-            exc = OperationFailed(f"{why}; carrying the revert forward failed: {exc}")
-        jobs.fail(host, req, exc)
+        jobs.fail_carried(host, req, exc, why)
         if why is None:
             raise
         return {}
