@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from domsnap.errors import Cancelled
 from domsnap.validation import parse_model
-from schemas.models import CreateRequest, DeleteRequest, JobRecord, RevertRequest
-from tests.integration.cluster import Cluster, listed_domain
+from schemas.models import CreateRequest, DeleteRequest, DomainInfo, JobRecord, RevertRequest
+from tests.integration.cluster import Cluster, listed_domain, succeeded
 from tests.integration.test_create import internal_snapshots
+from workers.engine import jobs
+from workers.engine.admit import admit
+from workers.host import build_host
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -80,3 +84,42 @@ def test_fifty_requests_at_once_on_one_domain(cluster: Cluster, hv_host: str) ->
     assert client.store.lock_owner(dom.uuid) is None
     assert dom.state() == "running"
     assert not list(Path(dom.host.snapshots / dom.uuid).glob("*.save"))
+
+
+def test_a_request_is_planned_while_it_holds_the_lock(cluster: Cluster, h1: str) -> None:
+    """Regression (found by the test above in CI): a revert was planned from the
+    records, then took the lock only after a delete of the same snapshot had run to
+    its end, and carried out its stale plan (qemu-img: "Could not apply snapshot").
+    Now admission takes the lock before it reads anything: a delete sent while the
+    revert is in admission is refused as busy, and the snapshot it plans for stays."""
+    dom = listed_domain(cluster, h1, "toctou", disks=1)
+    client = cluster.client()
+    succeeded(client, client.create(dom.name, name="c5", disk_only=True))
+    h = cluster.hosts[h1]
+    host = build_host(cluster.settings(state_dir=h.state_dir, host=h1,
+                                       snapshot_roots=[h.images]))
+    rev = _request("revert", dom.uuid, dom.name, h1, "c5")
+    assert isinstance(rev, RevertRequest)
+    host.store.create_job(JobRecord.queued(rev, time.time()))
+    meanwhile: list[JobRecord] = []
+    real = host.driver.domain_info
+
+    def planning(uuid: str) -> DomainInfo:
+        if not meanwhile:  # while the revert is being planned, a delete of its snapshot
+            delete = _request("delete", dom.uuid, dom.name, h1, "c5")
+            meanwhile.append(client.wait(client._enqueue(delete), timeout=120))
+        return real(uuid)
+
+    host.driver.domain_info = planning  # type: ignore[method-assign]
+    plan = admit(host, rev)
+    try:
+        assert plan is not None and plan["steps"], plan
+        deleted = meanwhile[0]
+        assert deleted.state == "failed" and deleted.error is not None, deleted
+        assert deleted.error.code == "domain_locked", deleted.error
+        assert internal_snapshots(dom.active("vda")) == ["c5"]
+        assert {r.name for r in client.snapshots(dom.name)} == {"c5"}
+    finally:  # end the admitted revert without carrying it out
+        jobs.fail(host, rev, Cancelled("the test ends the revert here", job_id=rev.job_id))
+    assert client.store.lock_owner(dom.uuid) is None
+    assert host.files.read_journal(rev.job_id) is None

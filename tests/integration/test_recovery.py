@@ -56,9 +56,10 @@ def test_half_done_create_is_undone_at_start(cluster: Cluster) -> None:
     # What admission does, then what a worker killed during the capture leaves behind:
     host.store.create_job(JobRecord(job_id=job_id, op="create", domain=dom.uuid, host=name,
                                     name="crashed", submitted_at=req.submitted_at))
+    fence = jobs.take_lock(host, req)
     host.store.reserve_name(dom.uuid, "crashed", job_id)
     plan = plan_create(host, req, host.driver.domain_info(dom.uuid))
-    jobs.start(host, req, pausing=True, plan=plan)
+    jobs.start(host, req, pausing=True, plan=plan, fence=fence)
     with QMPClient(dom.qmp, timeout=10) as q:
         q.execute("stop")
         q.execute("blockdev-snapshot-internal-sync", {"device": "vda-qcow2", "name": "crashed"})
@@ -97,9 +98,10 @@ def _admitted(cluster: Cluster, host_name: str, dom_name: str, snap: str
                         host=host_name, name=snap, submitted_at=time.time())
     host.store.create_job(JobRecord(job_id=req.job_id, op="create", domain=uuid,
                                     host=host_name, name=snap, submitted_at=req.submitted_at))
+    fence = jobs.take_lock(host, req)
     host.store.reserve_name(uuid, snap, req.job_id)
     plan = plan_create(host, req, host.driver.domain_info(uuid))
-    jobs.start(host, req, pausing=True, plan=plan)
+    jobs.start(host, req, pausing=True, plan=plan, fence=fence)
     return host, req, plan
 
 

@@ -1,4 +1,4 @@
-"""Admission of a new request on its host: validate, check, lock, journal, plan.
+"""Admission of a new request on its host: validate, lock, check, plan, journal.
 
 Runs on the host's new-work queue. Everything that can refuse a request
 refuses here, before anything is touched; what it returns is the plan that the
@@ -77,6 +77,7 @@ def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:
             raise Refused(f"request for host {req.host} reached host {host.name}")
         jobs.note_admitting(host, req)
         jobs.wait_for_gate(host, req, emit)
+        fence = jobs.take_lock(host, req)
         info = host.driver.domain_info(req.domain)
         require_operable(info)
         if isinstance(req, CreateRequest):
@@ -90,7 +91,7 @@ def admit(host: Host, req: jobs.AnyRequest) -> dict[str, Any] | None:
             assert isinstance(req, DeleteRequest)
             plan = plan_delete(host, req, info)
             pausing = False
-        jobs.start(host, req, pausing=pausing, plan=plan)
+        jobs.start(host, req, pausing=pausing, plan=plan, fence=fence)
         emit("admitted", f"{req.op} {req.name!r} on {info.name} admitted")
         return plan
     except DomsnapError as exc:

@@ -94,11 +94,24 @@ def fence_of(req: AnyRequest, plan: dict[str, Any] | None) -> Fence | None:
     return Fence(req.job_id, int(token)) if isinstance(token, int) else None
 
 
-def start(host: Host, req: AnyRequest, *, pausing: bool, plan: dict[str, Any]) -> None:
-    """Take the lock (a lease, with a fencing token that joins the plan), write the
-    journal, mark the job running."""
+def take_lock(host: Host, req: AnyRequest) -> int:
+    """Take the domain's lock (a lease, with a fencing token) before anything is read
+    for the plan: a plan made from records another job is about to change would be
+    carried out on a state that no longer exists (a revert to a snapshot deleted in the
+    meantime). The token joins the ``admitting`` journal entry at once, so a failure
+    from here on releases exactly this holding."""
     check_cancel(host, req, "before it was admitted")
-    plan["fence"] = host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
+    token = host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
+    host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
+                                          "step": "admitting", "fence": token})
+    return token
+
+
+def start(host: Host, req: AnyRequest, *, pausing: bool, plan: dict[str, Any],
+          fence: int) -> None:
+    """Journal the plan (with the lock's fencing token), mark the job running."""
+    check_cancel(host, req, "before it was admitted")
+    plan["fence"] = fence
     host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
                                           "plan": plan, "step": "admitted"})
     if pausing:
@@ -162,6 +175,8 @@ def _end(host: Host, req: AnyRequest, *, state: str, message: str,
     worker that dies in between leaves a trace for start-up recovery."""
     entry = host.files.read_journal(req.job_id)
     fence = fence_of(req, entry.get("plan") if entry else None)
+    if fence is None and entry is not None and isinstance(entry.get("fence"), int):
+        fence = Fence(req.job_id, int(entry["fence"]))  # locked, not yet planned
     job: JobRecord | None = None
     try:
         host.files.clear_pausing(req.domain, req.job_id)
