@@ -20,6 +20,10 @@ for each whose deadline has passed:
    interval while Redis is down. A worker that is alive but over budget sees its
    step fail (the migration it waited on was cancelled) and ends the job itself.
 
+Every round it also restores a domain that a dead worker left down in the xl
+driver's save/restore window (:meth:`~workers.drivers.base.Driver.recover_windows`:
+saved, so destroyed, its RAM only in the window's file), without waiting on a budget.
+
 One guard per state dir (a ``flock`` on ``guard.lock``; a second one waits for
 it). It exits when the supervisor named in ``worker.pid`` is gone and no marker
 and no recovery is left.
@@ -68,13 +72,14 @@ class Guard:
         """One round: act on every expired marker, retry pending recoveries. Returns
         how many markers are still in force."""
         now = time.time() if now is None else now
+        down = self.host.driver.recover_windows(blocking=False)  # a dead worker's windows
         markers = self.host.files.pause_markers()
         for uuid, marker in markers.items():
             if now >= marker["deadline"]:
                 self.expire(uuid, marker)
         for job_id in list(self.pending):
             self.try_recover(job_id)
-        return len(self.host.files.pause_markers())
+        return len(self.host.files.pause_markers()) + down
 
     def expire(self, uuid: str, marker: dict[str, Any]) -> None:
         job_id = marker["job_id"]

@@ -172,3 +172,85 @@ def test_worker_rides_out_a_redis_outage_and_ends_the_job(cluster: Cluster,
     _wait_listed(client, dom)
     done = client.wait(client.create(dom.name, name="after2", disk_only=True), timeout=120)
     assert done.state == "succeeded", done.error
+
+
+def _outage_at(cluster: Cluster, redis_srv: PrivateRedis, point: str, prefix: str
+               ) -> tuple[HostHandle, Client, Domain, Path]:
+    """A worker on the private Redis whose steps hold at ``point``, and a domain on a
+    qcow2 and a raw disk (the README's example) with one external snapshot ``x1``
+    and data written after it."""
+    from tests.integration.diskdata import write_pattern
+
+    name = f"{prefix}-{cluster.suffix}"
+    h = cluster.host(name, DOMSNAP_REDIS_URL=redis_srv.url, DOMSNAP_FAULT=f"{point}:hold",
+                     DOMSNAP_PAUSE_BUDGET_S="600")
+    client = Client(Settings(redis_url=redis_srv.url, key_prefix=cluster.prefix))
+    _start_worker(cluster, h, client)
+    dom = cluster.create_domain(name, unique_name(prefix), guest=False, raw_disk=True)
+    _wait_listed(client, dom)
+    for vdev in dom.vdevs:
+        write_pattern(dom, vdev, 0, 0x3C)
+    done = client.wait(client.create(dom.name, name="x1", type="external", disk_only=True),
+                       timeout=120)
+    assert done.state == "succeeded", done.error
+    for vdev in dom.vdevs:
+        write_pattern(dom, vdev, 0, 0x4D)
+    return h, client, dom, h.state_dir / f"release-{point}"
+
+
+def _through_an_outage(h: HostHandle, redis_srv: PrivateRedis, job: str, release: Path,
+                       step: str) -> None:
+    _until(lambda: (_journal(h, job) or {}).get("step") == step, f"the {step} step")
+    redis_srv.stop(keep=True)
+    release.touch()  # the step goes on; what it records meets no Redis
+    time.sleep(10)
+    assert h.proc is not None and h.proc.poll() is None, "the worker exited during the outage"
+    redis_srv.start()
+
+
+def _reads(dom: Domain, pattern: int) -> None:
+    from tests.integration.model import read_slots
+
+    for vdev in dom.vdevs:
+        active = dom.active(vdev)
+        fmt = "qcow2" if active.endswith(".qcow2") else "raw"
+        assert read_slots(active, fmt, {0: pattern}) == {0: True}, (vdev, active)
+
+
+def test_a_revert_rides_out_a_redis_outage(cluster: Cluster, redis_srv: PrivateRedis) -> None:
+    """Redis goes away after a revert made its new overlays (raw + qcow2 disks): the
+    revert is carried through once Redis is back; the disks read the snapshot's data."""
+    h, client, dom, release = _outage_at(cluster, redis_srv, "revert-after-disks", "frv")
+    job = client.revert(dom.name, "x1", start="running")
+    _through_an_outage(h, redis_srv, job, release, "revert")
+    rec = client.wait(job, timeout=180)
+    assert rec.state == "succeeded", rec.error
+    _until(lambda: _journal(h, job) is None, "the journal to go")
+    assert client.store.lock_owner(dom.uuid) is None
+    assert client.store.current(dom.uuid) == "x1"
+    assert qmp_status(dom) == "running"
+    _reads(dom, 0x3C)
+    release.unlink()
+    done = client.wait(client.create(dom.name, name="after", type="external", disk_only=True),
+                       timeout=120)
+    assert done.state == "succeeded", done.error
+
+
+def test_a_delete_rides_out_a_redis_outage(cluster: Cluster, redis_srv: PrivateRedis) -> None:
+    """Redis goes away right after a delete merged the overlays down (raw + qcow2):
+    the delete ends once Redis is back; the data written after the snapshot stays."""
+    h, client, dom, release = _outage_at(cluster, redis_srv, "delete-after-commit", "fdl")
+    job = client.delete(dom.name, "x1")
+    _through_an_outage(h, redis_srv, job, release, "delete")
+    rec = client.wait(job, timeout=180)
+    assert rec.state == "succeeded", rec.error
+    _until(lambda: _journal(h, job) is None, "the journal to go")
+    assert client.store.lock_owner(dom.uuid) is None
+    assert client.store.list_snapshots(dom.uuid) == []
+    assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
+    assert qmp_status(dom) == "running"
+    _reads(dom, 0x4D)
+    release.unlink()
+    done = client.wait(client.create(dom.name, name="after", type="external", disk_only=True),
+                       timeout=120)
+    assert done.state == "succeeded", done.error

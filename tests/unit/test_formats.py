@@ -16,7 +16,7 @@ from schemas.config import DiskSpec, DomainConfig
 from schemas.models import DiskSnapshot, SnapshotRecord
 from workers.drivers.base import DiskOp
 from workers.drivers.qemu import QemuDriver
-from workers.drivers.xl import _retarget
+from workers.drivers.xlwindow import retarget as _retarget
 from workers.engine.create import config_after_create
 from workers.engine.formats import known_formats
 from workers.engine.revert import _config_after

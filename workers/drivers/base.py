@@ -107,6 +107,13 @@ class Driver(abc.ABC):
             self.pause(uuid)
         return state
 
+    def recover_windows(self, *, blocking: bool) -> int:
+        """Bring back every domain that a stop-and-restore window of this driver, cut
+        short by a dead worker, left down; how many could not be yet. ``blocking``:
+        wait for a window still held (start-up recovery), else leave it (the guard).
+        Only Xen's save/restore fallback has such windows: elsewhere nothing to do."""
+        return 0
+
     def resume_suspended(self, uuid: str) -> bool:
         """Resume a domain that a suspend left shut down and nobody resumed (Xen: an
         ``xl save`` that died after the guest suspended); whether there was one. Only

@@ -28,7 +28,6 @@ does not lock images, so the change would be silently lost.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -53,7 +52,9 @@ from workers.drivers.xlparse import (
     parse_list_rows,
 )
 from workers.drivers.xlregistry import Entry, Registry
+from workers.drivers.xlwindow import Mark, WindowMarks, retarget, touch_private
 from workers.engine.diskops import take_offline, undo_offline
+from workers.hostio import faults
 from workers.hostio.fsutil import fsync_path
 from workers.hostio.runner import Runner
 
@@ -63,21 +64,6 @@ INVALID_DOMAIN = "is an invalid domain identifier"  # a name xl does not know
 NO_SUCH_DOMID = "does not exist"  # `xl list N`: "Error: Domain 'N' does not exist."
 NO_SUSPEND = ("acknowledge suspend", "guest didn't suspend", "did not suspend",
               "suspend request")
-
-
-def _touch_private(path: Path) -> None:
-    """Create ``path`` 0600 in a 0700 directory before any byte of guest RAM goes in
-    (xl creates its save file with the umask: 0644 seen)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-
-
-def _retarget(config: DomainConfig, moves: dict[str, tuple[str, str]]) -> DomainConfig:
-    """``config`` with every disk whose image is a key of ``moves`` pointed at the image
-    and format of its value (a raw disk's qcow2 overlay must be restored as qcow2)."""
-    return config.model_copy(update={"disks": [
-        d.model_copy(update={"target": moves[d.target][0], "format": moves[d.target][1]})
-        if d.target in moves else d for d in config.disks]})
 
 
 class XlDriver(Driver):
@@ -92,6 +78,7 @@ class XlDriver(Driver):
         self.registry = Registry(state_dir)
         self.xen_python_dir = xen_python_dir
         self.scratch = state_dir / "xl" / "scratch"
+        self.windows = WindowMarks(state_dir / "xl" / "windows")
         self.runner = runner
         self.img = img
         self.lvm = lvm
@@ -230,8 +217,20 @@ class XlDriver(Driver):
         cannot resume it) is resumed first, as libxl does after a failed save
         (:meth:`resume_suspended`); then ``xl unpause`` or ``xl pause`` to the wanted
         state."""
+        self.recover_windows(blocking=True)
         self.resume_suspended(uuid)
         return super().resume_after_crash(uuid, state=state)
+
+    def recover_windows(self, *, blocking: bool) -> int:
+        """Restore every domain that a save/restore window cut short left down (its
+        RAM only in the window's file: :mod:`workers.drivers.xlwindow`). Returns how
+        many such domains could not be restored yet (tried again next time)."""
+        def restore(uuid: str, file: Path, paused: bool) -> None:
+            self.start(uuid, self.registry.get(uuid).config, paused=paused, memory_file=file)
+
+        return self.windows.restore_orphans(blocking=blocking,
+                                            running=lambda u: self._lookup(u) is not None,
+                                            restore=restore)
 
     def destroy(self, uuid: str) -> None:
         found = self._lookup(uuid)
@@ -334,7 +333,7 @@ class XlDriver(Driver):
     def _save(self, uuid: str, domid: int, file: Path, flags: list[str], was_running: bool,
               progress: Progress) -> None:
         """``xl save``: the guest suspends, its RAM goes to ``file`` (0600)."""
-        _touch_private(file)
+        touch_private(file)
         progress("memory", "xl save: suspending the guest and writing its memory")
         if not was_running:
             # A paused guest cannot answer the suspend request (libxl would wait out its
@@ -413,7 +412,23 @@ class XlDriver(Driver):
         if keep is None:
             file.unlink(missing_ok=True)
         old = self.registry.get(uuid).config
-        self._save(uuid, domid, file, [], was_running, progress)
+        with self.windows.held(uuid, file=file, paused=not was_running,
+                               keep=keep is not None) as mark:
+            try:
+                self._save(uuid, domid, file, [], was_running, progress)
+            except BaseException:
+                mark.phase("done")  # the domain was put back as it was (or never left)
+                raise
+            mark.phase("saved")
+            faults.point("xl-window-saved")
+            self._in_window(uuid, file, mark, old=old, was_running=was_running, keep=keep,
+                            work=work, undo=undo, progress=progress)
+
+    def _in_window(self, uuid: str, file: Path, mark: Mark, *, old: DomainConfig,
+                   was_running: bool, keep: Path | None, work: Callable[[], DomainConfig],
+                   undo: Callable[[], None] | None, progress: Progress) -> None:
+        """The window from a completed save on: the work, then the restore (on the old
+        images if the work or the restore on the new ones failed)."""
         restored = False
 
         def back_to_old() -> None:
@@ -421,6 +436,7 @@ class XlDriver(Driver):
             try:
                 self.start(uuid, old, paused=not was_running, memory_file=file)
                 restored = True
+                mark.phase("done")
             except DomsnapError as exc:
                 log.error("domain %s could not be restored from %s: %s", uuid, file, exc)
 
@@ -430,10 +446,13 @@ class XlDriver(Driver):
             except BaseException:
                 back_to_old()
                 raise
+            faults.point("xl-window-worked")
             progress("restore", "xl restore on the new images")
+            mark.phase("restoring")
             try:
                 self.start(uuid, config, paused=not was_running, memory_file=file)
                 restored = True
+                mark.phase("done")
             except BaseException:
                 if undo is not None:
                     self._quietly(undo)
@@ -454,7 +473,7 @@ class XlDriver(Driver):
             t1 = time.monotonic()
             self._offline_parallel(name, disks)
             result.disks_ms = round((time.monotonic() - t1) * 1000, 3)
-            return _retarget(self.registry.get(uuid).config,
+            return retarget(self.registry.get(uuid).config,
                              {op.path: (op.target, "qcow2") for op in disks
                               if op.type == "external" and op.strategy != "lvm" and op.target})
 
@@ -514,7 +533,7 @@ class XlDriver(Driver):
                     moves[op.target] = (op.path, op.format)
                 else:
                     self.img.snapshot_delete(op.path, name)
-            return _retarget(self.registry.get(uuid).config, moves)
+            return retarget(self.registry.get(uuid).config, moves)
 
         self._window(uuid, domid, keep=None, was_running=state == "running", work=work,
                      progress=lambda step, msg: None)
@@ -547,7 +566,7 @@ class XlDriver(Driver):
                 raise Refused(f"{top} names its backing file {base} without a format; "
                               "domsnap does not guess one")
             self.img.commit(top)
-            return _retarget(self.registry.get(uuid).config, {top: (base, base_fmt)})
+            return retarget(self.registry.get(uuid).config, {top: (base, base_fmt)})
 
         self._window(uuid, domid, keep=None, was_running=state == "running", work=work,
                      progress=lambda step, msg: None)

@@ -157,7 +157,12 @@ def recover(host: Host) -> None:
     """Every journal left on this host (start-up: no step of this host runs yet), each on
     its own: one that cannot be recovered (any error at all: a bad path, a corrupt
     entry, a hypervisor error) is logged and left, and the others and the worker's start
-    go on."""
+    go on. First, every domain a dead worker left down in a stop-and-restore window
+    runs again (the journals' recovery works on it as on any running domain)."""
+    try:
+        host.driver.recover_windows(blocking=True)
+    except Exception as exc:  # noqa: BLE001 - must never block the worker's start
+        log.error("could not restore domains left down: %s: %s", type(exc).__name__, exc)
     for entry in host.files.journals():
         body = entry.get("request") if isinstance(entry, dict) else None
         job_id = str(body.get("job_id", "?")) if isinstance(body, dict) else "?"

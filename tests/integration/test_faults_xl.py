@@ -1,0 +1,236 @@
+"""Fault tests on a dom0 (the xl driver, the stand-in ``xl`` over real QEMU), on
+domains that mix a qcow2 and a raw disk: a real ``domsnap worker`` SIGKILLed at an
+exact step of create, revert and delete, then started again (or, for the
+save/restore window, nobody comes but the host's guard).
+
+The save/restore window (a stub-domain device model: no QMP socket in dom0) is
+where a dead worker hurts most on Xen: ``xl save`` has destroyed the domain and its
+RAM is only in the window's file. The window's mark (:mod:`workers.drivers.xlwindow`)
+lets the guard restore it within seconds, and start-up recovery then finishes or
+rolls back the operation.
+
+After each: the domain runs, every disk reads the bytes the model says (what was
+written before the operation, nothing lost), ``qemu-img check`` passes, no journal,
+mark, scratch file, orphan image or lock is left, and the next operation works.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cluster import Cluster, Domain, HostHandle, unique_name
+from tests.integration.model import check_images, read_slots
+from tests.integration.test_faults import arm, died, ended, no_leftovers, ok, restart
+
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
+
+CHUNK = 64 * 1024
+BEFORE, AFTER = 0x3C, 0x4D  # written before the snapshot, and after it
+
+
+@pytest.fixture(scope="module")
+def xh(cluster: Cluster) -> HostHandle:
+    return cluster.start_worker(f"fx-{cluster.suffix}", driver="xl")
+
+
+def _mixed(cluster: Cluster, h: HostHandle, prefix: str, *, stub: bool) -> Domain:
+    """A running domain on a qcow2 and a raw disk, each holding BEFORE at offset 0
+    (written offline, so a stub domain without QMP has it too)."""
+    if h.proc is None:
+        restart(cluster, h)
+    name = unique_name(prefix)
+    files = []
+    for i, fmt in enumerate(("qcow2", "raw")):
+        path = cluster.make_disk(h, f"{name}-{i}", fmt=fmt)
+        subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P 0x{BEFORE:02x} 0 {CHUNK}",
+                        str(path)], check=True, capture_output=True, timeout=60)
+        files.append((path, fmt))
+    extra = ["device_model_stubdomain_override = 1"] if stub else []
+    dom = cluster.create_domain(h.name, name, guest=False, disk_files=files, extra_cfg=extra)
+    cluster.wait_inventory(dom)
+    assert dom.qmp.exists() != stub
+    return dom
+
+
+def _fmt(path: str) -> str:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    return str(json.loads(out)["format"])
+
+
+def _holds(dom: Domain, pattern: int) -> None:
+    """Every disk of the domain, as it would open now, reads ``pattern`` at 0; every
+    image it uses passes ``qemu-img check``."""
+    for vdev in dom.vdevs:
+        active = dom.active(vdev)
+        assert read_slots(active, _fmt(active), {0: pattern}) == {0: True}, (vdev, active)
+    images = [dom.active(v) for v in dom.vdevs]
+    assert check_images([p for p in images if _fmt(p) == "qcow2"], leaks_ok=set()) == []
+
+
+def _windows_clear(h: HostHandle) -> None:
+    assert not list((h.state_dir / "xl" / "windows").glob("*")), "a window mark is left"
+    assert not list((h.state_dir / "xl" / "scratch").glob("*.save")), "a scratch save is left"
+
+
+def _comes_back(dom: Domain, timeout: float = 60) -> None:
+    """The guard restores the domain a dead worker's window left down."""
+    deadline = time.monotonic() + timeout
+    while dom.state() != "running":
+        assert time.monotonic() < deadline, f"{dom.name} is {dom.state()}, not restored"
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------- the save/restore window
+
+
+@pytest.mark.parametrize("point", ["xl-window-saved", "xl-window-worked"])
+def test_create_killed_in_the_window_brings_the_domain_back(
+        cluster: Cluster, xh: HostHandle, point: str) -> None:
+    """Killed with the domain saved and destroyed (before the disks, or after them and
+    before ``xl restore``): the guard restores the domain from the window's file
+    without a worker; start-up recovery then rolls the create back."""
+    dom = _mixed(cluster, xh, "xwin", stub=True)
+    client = cluster.client()
+    arm(cluster, xh, point)
+    job = client.create(dom.name, name="cut", type="external", disk_only=True)
+    died(xh)
+    _comes_back(dom)  # nobody restarted the worker: the guard did it
+    restart(cluster, xh)
+    rec = ended(client, job)
+    assert rec.state == "failed" and rec.error is not None
+    assert "rolled back" in rec.error.message
+    assert dom.state() == "running"
+    assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
+    _holds(dom, BEFORE)
+    _windows_clear(xh)
+    no_leftovers(xh, dom, client)
+    ok(client, client.create(dom.name, name="cut", type="external", disk_only=True))
+    _holds(dom, BEFORE)
+    _windows_clear(xh)
+
+
+def test_memory_create_killed_in_the_window_keeps_no_memory_file(
+        cluster: Cluster, xh: HostHandle) -> None:
+    """The window saved into the snapshot's own memory file: the domain comes back from
+    it, then the rolled-back create removes it (no half snapshot)."""
+    dom = _mixed(cluster, xh, "xwm", stub=True)
+    client = cluster.client()
+    arm(cluster, xh, "xl-window-worked")
+    job = client.create(dom.name, name="mem", type="external")
+    died(xh)
+    _comes_back(dom)
+    restart(cluster, xh)
+    assert ended(client, job).state == "failed"
+    assert dom.state() == "running"
+    assert not list((xh.snapshots / dom.uuid).glob("*.save"))
+    _holds(dom, BEFORE)
+    _windows_clear(xh)
+    no_leftovers(xh, dom, client)
+
+
+def test_delete_killed_in_the_merge_window_is_carried_forward(
+        cluster: Cluster, xh: HostHandle) -> None:
+    """A stub domain's merge runs in a window: killed after ``qemu-img commit`` and
+    before the restore, the domain comes back on the config it had (its overlay,
+    merged down already), and the restarted worker finishes the delete."""
+    dom = _mixed(cluster, xh, "xwd", stub=True)
+    client = cluster.client()
+    ok(client, client.create(dom.name, name="e1", type="external", disk_only=True))
+    arm(cluster, xh, "xl-window-worked")
+    job = client.delete(dom.name, "e1")
+    died(xh)
+    _comes_back(dom)
+    restart(cluster, xh)
+    assert ok(client, job).result["recovered"] is True  # type: ignore[index]
+    assert dom.state() == "running"
+    assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
+    _holds(dom, BEFORE)
+    assert client.snapshots(dom.name) == []
+    _windows_clear(xh)
+    no_leftovers(xh, dom, client)
+
+
+# ---------------------------------------------------------------- through the device model
+
+
+def _write_after(dom: Domain) -> None:
+    from tests.integration.diskdata import write_pattern
+
+    for vdev in dom.vdevs:
+        write_pattern(dom, vdev, 0, AFTER)
+
+
+@pytest.mark.parametrize("point", ["commit-sidecar", "admit-gate"])
+def test_create_killed_on_mixed_disks(cluster: Cluster, xh: HostHandle, point: str) -> None:
+    """Killed between the sidecar and the Redis commit (the snapshot is kept and
+    reported), or at the admission gate (failed, nothing touched)."""
+    dom = _mixed(cluster, xh, "xcr", stub=False)
+    client = cluster.client()
+    arm(cluster, xh, point)
+    job = client.create(dom.name, name="s1", type="external", disk_only=True)
+    died(xh)
+    restart(cluster, xh)
+    rec = ended(client, job)
+    if point == "commit-sidecar":
+        assert rec.state == "succeeded" and rec.result["recovered"] is True  # type: ignore[index]
+        snap = client.snapshot(dom.name, "s1")
+        assert [d.format for d in snap.disks] == ["qcow2", "raw"]
+        assert [dom.active(d.vdev) for d in snap.disks] == [d.overlay for d in snap.disks]
+    else:
+        assert rec.state == "failed" and client.snapshots(dom.name) == []
+    _holds(dom, BEFORE)
+    no_leftovers(xh, dom, client)
+    _write_after(dom)
+    ok(client, client.create(dom.name, name="s2", type="external", disk_only=True))
+    _holds(dom, AFTER)
+
+
+@pytest.mark.parametrize("point", ["revert-after-stop", "revert-after-disks"])
+def test_revert_killed_on_mixed_disks(cluster: Cluster, xh: HostHandle, point: str) -> None:
+    """Killed after the domain was stopped, or after the new overlays: the revert is
+    carried forward; both disks read what they held at the snapshot."""
+    dom = _mixed(cluster, xh, "xrv", stub=False)
+    client = cluster.client()
+    ok(client, client.create(dom.name, name="x1", type="external", disk_only=True))
+    _write_after(dom)
+    _holds(dom, AFTER)
+    arm(cluster, xh, point)
+    job = client.revert(dom.name, "x1", start="running")
+    died(xh)
+    restart(cluster, xh)
+    assert ok(client, job).result["recovered"] is True  # type: ignore[index]
+    assert dom.state() == "running"
+    _holds(dom, BEFORE)
+    for vdev in dom.vdevs:
+        assert ".r" in Path(dom.active(vdev)).name  # the revert's fresh overlay
+    no_leftovers(xh, dom, client)
+
+
+@pytest.mark.parametrize("point", ["commit-ready", "delete-after-commit"])
+def test_delete_killed_on_mixed_disks(cluster: Cluster, xh: HostHandle, point: str) -> None:
+    """Killed with the device model's commit job ready, or right after the merge: the
+    delete is carried forward; the data written after the snapshot survives in the
+    disks that stay (the raw one included)."""
+    dom = _mixed(cluster, xh, "xdl", stub=False)
+    client = cluster.client()
+    ok(client, client.create(dom.name, name="e1", type="external", disk_only=True))
+    _write_after(dom)
+    arm(cluster, xh, point)
+    job = client.delete(dom.name, "e1")
+    died(xh)
+    restart(cluster, xh)
+    assert ok(client, job).result["recovered"] is True  # type: ignore[index]
+    assert dom.state() == "running"
+    assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
+    _holds(dom, AFTER)
+    assert client.snapshots(dom.name) == []
+    no_leftovers(xh, dom, client)
+    ok(client, client.create(dom.name, name="next", type="external", disk_only=True))
+    ok(client, client.delete(dom.name, "next"))
+    _holds(dom, AFTER)
