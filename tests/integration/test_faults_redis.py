@@ -217,6 +217,20 @@ def _reads(dom: Domain, pattern: int) -> None:
         assert read_slots(active, fmt, {0: pattern}) == {0: True}, (vdev, active)
 
 
+def _ended_well(h: HostHandle, client: Client, dom: Domain, job: str, release: Path,
+                pattern: int) -> None:
+    """The job's journal and lock are gone, the domain runs, every disk reads
+    ``pattern``, and the host takes the next job."""
+    _until(lambda: _journal(h, job) is None, "the journal to go")
+    assert client.store.lock_owner(dom.uuid) is None
+    assert qmp_status(dom) == "running"
+    _reads(dom, pattern)
+    release.unlink()
+    done = client.wait(client.create(dom.name, name="after", type="external", disk_only=True),
+                       timeout=120)
+    assert done.state == "succeeded", done.error
+
+
 def test_a_revert_rides_out_a_redis_outage(cluster: Cluster, redis_srv: PrivateRedis) -> None:
     """Redis goes away after a revert made its new overlays (raw + qcow2 disks): the
     revert is carried through once Redis is back; the disks read the snapshot's data."""
@@ -225,15 +239,8 @@ def test_a_revert_rides_out_a_redis_outage(cluster: Cluster, redis_srv: PrivateR
     _through_an_outage(h, redis_srv, job, release, "revert")
     rec = client.wait(job, timeout=180)
     assert rec.state == "succeeded", rec.error
-    _until(lambda: _journal(h, job) is None, "the journal to go")
-    assert client.store.lock_owner(dom.uuid) is None
     assert client.store.current(dom.uuid) == "x1"
-    assert qmp_status(dom) == "running"
-    _reads(dom, 0x3C)
-    release.unlink()
-    done = client.wait(client.create(dom.name, name="after", type="external", disk_only=True),
-                       timeout=120)
-    assert done.state == "succeeded", done.error
+    _ended_well(h, client, dom, job, release, 0x3C)
 
 
 def test_a_delete_rides_out_a_redis_outage(cluster: Cluster, redis_srv: PrivateRedis) -> None:
@@ -244,13 +251,6 @@ def test_a_delete_rides_out_a_redis_outage(cluster: Cluster, redis_srv: PrivateR
     _through_an_outage(h, redis_srv, job, release, "delete")
     rec = client.wait(job, timeout=180)
     assert rec.state == "succeeded", rec.error
-    _until(lambda: _journal(h, job) is None, "the journal to go")
-    assert client.store.lock_owner(dom.uuid) is None
     assert client.store.list_snapshots(dom.uuid) == []
     assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
-    assert qmp_status(dom) == "running"
-    _reads(dom, 0x4D)
-    release.unlink()
-    done = client.wait(client.create(dom.name, name="after", type="external", disk_only=True),
-                       timeout=120)
-    assert done.state == "succeeded", done.error
+    _ended_well(h, client, dom, job, release, 0x4D)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from domsnap.client import Client
 from tests.integration.cluster import Cluster, Domain, HostHandle, unique_name
 from tests.integration.model import check_images, read_slots
 from tests.integration.test_faults import arm, died, ended, no_leftovers, ok, restart
@@ -86,6 +87,17 @@ def _comes_back(dom: Domain, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def _deleted(h: HostHandle, dom: Domain, client: Client, job: str, pattern: int) -> None:
+    """A delete of the domain's only snapshot, carried forward after the kill: the
+    domain runs on its base images, which read ``pattern``; nothing is left."""
+    assert ok(client, job).result["recovered"] is True  # type: ignore[index]
+    assert dom.state() == "running"
+    assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
+    _holds(dom, pattern)
+    assert client.snapshots(dom.name) == []
+    no_leftovers(h, dom, client)
+
+
 # ---------------------------------------------------------------- the save/restore window
 
 
@@ -147,13 +159,8 @@ def test_delete_killed_in_the_merge_window_is_carried_forward(
     died(xh)
     _comes_back(dom)
     restart(cluster, xh)
-    assert ok(client, job).result["recovered"] is True  # type: ignore[index]
-    assert dom.state() == "running"
-    assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
-    _holds(dom, BEFORE)
-    assert client.snapshots(dom.name) == []
+    _deleted(xh, dom, client, job, BEFORE)
     _windows_clear(xh)
-    no_leftovers(xh, dom, client)
 
 
 # ---------------------------------------------------------------- through the device model
@@ -225,12 +232,7 @@ def test_delete_killed_on_mixed_disks(cluster: Cluster, xh: HostHandle, point: s
     job = client.delete(dom.name, "e1")
     died(xh)
     restart(cluster, xh)
-    assert ok(client, job).result["recovered"] is True  # type: ignore[index]
-    assert dom.state() == "running"
-    assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
-    _holds(dom, AFTER)
-    assert client.snapshots(dom.name) == []
-    no_leftovers(xh, dom, client)
+    _deleted(xh, dom, client, job, AFTER)
     ok(client, client.create(dom.name, name="next", type="external", disk_only=True))
     ok(client, client.delete(dom.name, "next"))
     _holds(dom, AFTER)
