@@ -35,6 +35,17 @@ HELP: dict[str, tuple[str, str, str]] = {
                 "state", "-h  Print this help.\n-p  Do not unpause domain after restoring it.\n"
                 "-e  Do not wait in the background for the death of the domain.\n"
                 "-d  Enable debug messages."),
+    "reboot": ("[options] <-a|Domain>", "Issue a reboot signal to a domain",
+               "-a, --all               Reboot all guest domains.\n-h                      Print "
+               "this help.\n-F                      Fallback to ACPI reset event for HVM "
+               "guests with\n                        no PV drivers.\n-w, --wait              "
+               "Wait for guest(s) to reboot."),
+    "config-update": ("<Domain> <ConfigFile> [options] [vars]", "Update a running domain's "
+                      "saved configuration, used when rebuilding the domain after reboot.\n"
+                      "WARNING: xl now has better capability to manage domain configuration, "
+                      "avoid using this command when possible", "-h  Print this help.\n"
+                      "-f FILE, --defconfig=FILE\n     Use the given configuration file.\n"
+                      "-d  Enable debug messages."),
     "domid": ("<DomainName>", "Convert a domain name to domain id", ""),
     "domname": ("<DomainId>", "Convert a domain id to domain name", ""),
 }

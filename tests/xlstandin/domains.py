@@ -4,14 +4,18 @@ Layout (``XL_STANDIN_ROOT``)::
 
     lock                      flock'ed around domid allocation and state changes
     next-domid                the next domid to hand out (1, 2, 3, ...; never reused)
-    domains/<uuid>/           one live domain: config.json (libxl-shaped), domid,
+    domains/<uuid>/           one live domain: config.json (libxl-shaped: what libxl
+                              stores as the "libxl-json" userdata and a reboot is
+                              rebuilt from), userdata-xl (what `xl config-update`
+                              stored: read once, at the next reboot), domid,
                               qemu.pid (written by QEMU), state (running | paused |
                               creating <pid>), no-suspend (optional test marker)
     console/<uuid>.log        the guest's serial console, appended across restores
 
 ``XL_STANDIN_RUN_DIR`` plays /var/run/xen: ``qmp-libxl-<domid>`` (the device model's
 QMP socket, for the code under test; absent for a stub-domain device model) and
-``standin-ctl-<domid>`` (the stand-in's own monitor).
+``standin-ctl-<domid>`` (the stand-in's own monitor) and ``standin-mon-<domid>`` (where
+the domain's ``xl create`` monitor daemon hears QEMU's SHUTDOWN events).
 """
 
 from __future__ import annotations
@@ -114,6 +118,10 @@ class Env:
 
     def ctl(self, domid: int) -> Path:
         return self.run_dir / f"standin-ctl-{domid}"
+
+    def mon(self, domid: int) -> Path:
+        """The QMP socket the domain's monitor (``xl create``'s daemon) listens on."""
+        return self.run_dir / f"standin-mon-{domid}"
 
     def console(self, uuid: str) -> Path:
         return self.root / "console" / f"{uuid}.log"
@@ -250,7 +258,7 @@ def domains(env: Env) -> list[Dom]:
 
 def remove(dom: Dom) -> None:
     """Forget a domain whose QEMU is gone (its console log stays)."""
-    for p in (dom.env.qmp_libxl(dom.domid), dom.env.ctl(dom.domid)):
+    for p in (dom.env.qmp_libxl(dom.domid), dom.env.ctl(dom.domid), dom.env.mon(dom.domid)):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     if dom.dir.is_dir():
@@ -301,6 +309,10 @@ def qemu_argv(dom: Dom, *, paused: bool, incoming: bool) -> list[str]:
     if not s["stubdom"]:
         argv += ["-qmp", f"unix:{_opt(str(env.qmp_libxl(dom.domid)))},server=on,wait=off"]
     argv += ["-qmp", f"unix:{_opt(str(env.ctl(dom.domid)))},server=on,wait=off",
+             "-qmp", f"unix:{_opt(str(env.mon(dom.domid)))},server=on,wait=off",
+             # a reset ends the QEMU process, as a reboot ends a Xen domain: its monitor
+             # then builds a new domain from the stored config (tests/xlstandin/monitor.py)
+             "-no-reboot",
              "-pidfile", str(dom.dir / "qemu.pid"), "-daemonize"]
     if s["kernel"]:
         argv += ["-kernel", s["kernel"]]
@@ -333,7 +345,7 @@ def qemu_argv(dom: Dom, *, paused: bool, incoming: bool) -> list[str]:
 def start_qemu(dom: Dom, *, paused: bool, incoming: bool) -> None:
     """Start the domain's QEMU (daemonized: its sockets exist when this returns)."""
     env = dom.env
-    for sock in (env.qmp_libxl(dom.domid), env.ctl(dom.domid)):
+    for sock in (env.qmp_libxl(dom.domid), env.ctl(dom.domid), env.mon(dom.domid)):
         if len(str(sock).encode()) > 107:
             raise Fail(1, f"xl (test stand-in): socket path {sock} is longer than a unix "
                           "socket allows (107 bytes): use a shorter XL_STANDIN_RUN_DIR")

@@ -130,6 +130,17 @@ class QMP:
                 raise QMPFailure(str(err.get("desc", err)), err.get("class"))
             return msg.get("return")
 
+    def next_event(self, timeout: float) -> dict[str, Any] | None:
+        """The next event QEMU sends, or None if none came within ``timeout``; raises
+        QMPFailure once QEMU has closed the connection (it exited)."""
+        try:
+            while True:
+                msg = self._read(time.monotonic() + timeout)
+                if "event" in msg:
+                    return msg
+        except TimeoutError:
+            return None
+
     def send_fd(self, name: str, fd: int) -> None:
         self.execute("getfd", {"fdname": name}, fds=[fd])
 

@@ -27,6 +27,7 @@ from tests.xlstandin.cli import (
     xl_config,
 )
 from tests.xlstandin.domains import Dom, Env, Fail, kill, libxl_error, wait_finalized
+from tests.xlstandin.monitor import SUSPEND_SEEN, spawn_monitor
 from tests.xlstandin.qmp import QMPFailure
 from tests.xlstandin.xlcfg import INVALID_DOMID, libxl_json
 
@@ -60,6 +61,7 @@ def cmd_save(env: Env, args: list[str]) -> int:
         err(f"Saving to {filename} new xl format (info 0x3/0x0/{len(optdata)})",
             f"xc: info: Saving domain {dom.domid}, type x86 {'PV' if dom.type == 'pv' else 'HVM'}")
         suspend(dom)
+        (dom.dir / SUSPEND_SEEN).touch()  # the domain's monitor sees the suspend and exits
         suspended = dom.dir / SUSPENDED
         suspended.touch()  # xl list: "---ss-" until resumed, for good if this process dies
         try:
@@ -216,6 +218,8 @@ def cmd_restore(env: Env, args: list[str]) -> int:
         dom = make_domain(env, config, paused=paused, failure_rc=1, restore_fd=fd)
     finally:
         os.close(fd)
+    if not any(o == "-e" for o, _ in found):
+        spawn_monitor(env, dom)
     err("xc: info: Restore successful")
     if dom.type == "pv":
         err(f"xc: info: XenStore: mfn 0x{0x7ab9b - 2 * dom.domid:x}, dom 0, evt 1",

@@ -7,12 +7,15 @@ model socket that behaves like Xen's QEMU (block nodes ``<vdev>-<format>`` over 
 automatically named ``#blockNNN`` protocol node). Stdlib only, no domsnap imports.
 
 Verbs: create, list [-l], domid, domname, pause, unpause, destroy, save [-c] [-p],
-restore [-p] [-e]. Environment: XL_STANDIN_ROOT and XL_STANDIN_RUN_DIR (required),
+restore [-p] [-e], reboot [-w], config-update. ``create`` and ``restore`` leave a
+monitor daemon per domain, as xl does, that rebuilds the domain from its stored
+config when it reboots (tests/xlstandin/monitor.py). Environment: XL_STANDIN_ROOT and XL_STANDIN_RUN_DIR (required),
 XL_STANDIN_ACCEL (default tcg), XL_STANDIN_QEMU (default qemu-system-x86_64),
 XL_STANDIN_SUSPEND_TIMEOUT (seconds, default 60 like libxl).
 
 Modules: standin (entry point; create, list, domid, domname, pause, unpause,
-destroy), saverestore (save, restore), cli (option parsing, lookups, starting a
+destroy), saverestore (save, restore), monitor (the monitor daemon, reboot,
+config-update), cli (option parsing, lookups, starting a
 domain), domains (state on disk, locking, QEMU processes), xlcfg (xl.cfg subset,
 libxl-shaped config, libxl's JSON layout), qmp (a tiny QMP client).
 
@@ -71,6 +74,7 @@ from tests.xlstandin.cli import (
     xl_config,
 )
 from tests.xlstandin.domains import Dom, Env, Fail, domains, kill, libxl_error, wait_finalized
+from tests.xlstandin.monitor import cmd_config_update, cmd_reboot, spawn_monitor
 from tests.xlstandin.qmp import QMPFailure
 from tests.xlstandin.saverestore import SUSPENDED, cmd_restore, cmd_save
 from tests.xlstandin.xlcfg import DOM0_CONFIG, libxl_json
@@ -110,7 +114,9 @@ def cmd_create(env: Env, args: list[str]) -> int:
     if flags & {"-n", "--dryrun"}:
         out(libxl_json(config) + "\n")
         return 0
-    make_domain(env, config, paused="-p" in flags, failure_rc=3)
+    dom = make_domain(env, config, paused="-p" in flags, failure_rc=3)
+    if "-e" not in flags:
+        spawn_monitor(env, dom)
     return 0
 
 
@@ -275,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_save(env, rest)
         if verb == "restore":
             return cmd_restore(env, rest)
+        if verb == "reboot":
+            return cmd_reboot(env, rest)
+        if verb == "config-update":
+            return cmd_config_update(env, rest)
         if verb in XL_VERBS:
             err(f"xl (test stand-in): '{verb}' is a real xl command that the test stand-in "
                 "does not implement")

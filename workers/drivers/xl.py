@@ -45,13 +45,9 @@ from workers.block.lvm import Lvm
 from workers.block.qemu_img import QemuImg
 from workers.block.qmp import QMPClient
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
-from workers.drivers.xlparse import (
-    XlDomain,
-    domain_config_from_libxl,
-    parse_list_long,
-    parse_list_rows,
-)
+from workers.drivers.xlparse import XlDomain, parse_list_long, parse_list_rows
 from workers.drivers.xlregistry import Entry, Registry
+from workers.drivers.xlrestart import adopt, push_stored_config
 from workers.drivers.xlwindow import Mark, WindowMarks, retarget, touch_private
 from workers.engine.diskops import take_offline, undo_offline
 from workers.hostio import faults
@@ -105,6 +101,8 @@ class XlDriver(Driver):
         dom = next((d for d in doms if d.uuid == uuid), None)
         if dom is None:
             return None
+        if dom.domid != entry.domid:
+            self._sync(dom)  # a new instance (e.g. rebuilt by a reboot): checked at once
         try:
             rows = self._list_states(self._xl("list", str(dom.domid), timeout=60))
         except CommandFailed as exc:
@@ -141,25 +139,8 @@ class XlDriver(Driver):
     # ------------------------------------------------------------ inventory
 
     def _sync(self, dom: XlDomain) -> Entry | None:
-        """Register a domain seen in xl for the first time; for a new instance of a
-        known one (another domid), keep domsnap's config if it names the images xl
-        reports, else take xl's (its owner re-created it from another config)."""
-        if dom.uuid is None:
-            return None
-        with self.registry.locked():
-            entry = self.registry.find(dom.uuid)
-            if entry is not None and entry.domid == dom.domid:
-                return entry  # xl may name images a live external snapshot replaced: ours wins
-            seen = {d.vdev: d.pdev_path for d in dom.disks}
-            if entry is not None and {d.vdev: d.target for d in entry.config.disks} == seen:
-                fresh = Entry(config=entry.config, domid=dom.domid)
-            else:
-                if entry is not None:
-                    log.warning("domain %s (%s) was started from a config naming other "
-                                "images than domsnap's: taking xl's view", dom.name, dom.uuid)
-                fresh = Entry(config=domain_config_from_libxl(dom.config), domid=dom.domid)
-            self.registry.put(dom.uuid, fresh)
-        return fresh
+        """Register a domain seen in xl (:func:`workers.drivers.xlrestart.adopt`)."""
+        return adopt(self.registry, self.img, dom)
 
     def _info(self, uuid: str, config: DomainConfig, state: str,
               domid: int | None) -> DomainInfo:
@@ -179,8 +160,8 @@ class XlDriver(Driver):
             except (DomsnapError, ValueError):  # one odd domain must not hide the rest
                 continue
             if entry is not None and dom.uuid is not None:
-                out[dom.uuid] = self._info(dom.uuid, entry.config,
-                                           states.get(dom.domid, "unknown"), dom.domid)
+                state = "unknown" if entry.diverged else states.get(dom.domid, "unknown")
+                out[dom.uuid] = self._info(dom.uuid, entry.config, state, dom.domid)
         for uuid in self.registry.uuids():
             if uuid not in out and (entry2 := self.registry.find(uuid)) is not None:
                 out[uuid] = self._info(uuid, entry2.config, "shutoff", None)
@@ -196,13 +177,21 @@ class XlDriver(Driver):
         found = self._lookup(uuid)
         if found is None:
             return self._info(uuid, entry.config, "shutoff", None)
+        entry = self.registry.get(uuid)  # _lookup registered this instance
+        if entry.diverged and entry.domid == found[0]:
+            raise Refused(entry.diverged, domain=uuid)
         return self._info(uuid, entry.config, found[1], found[0])
 
     def domain_config(self, uuid: str) -> DomainConfig:
         return self.registry.get(uuid).config
 
     def set_domain_config(self, uuid: str, config: DomainConfig) -> None:
+        """Record ``config``; if the domain runs, push it to xl too, so that a reboot
+        rebuilds the domain on these images (:mod:`workers.drivers.xlrestart`)."""
         self.registry.set_config(uuid, config)
+        found = self._lookup(uuid)
+        if found is not None:
+            push_stored_config(self._xl, self.registry, uuid, found[0], config)
 
     # ------------------------------------------------------------ run state
 

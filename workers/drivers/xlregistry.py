@@ -8,9 +8,13 @@ merges). A domain that is shut off stays known, and can be started again from th
 config written next to it (``<uuid>.cfg``, xl.cfg syntax).
 
 Each entry also remembers the domid of the instance it describes. A domain with
-another domid was started anew (xl create/restore): if domsnap started it, the
-entry already matches; if its owner did, from a config naming other images, xl's
-view of that new instance is the truth and the entry is taken from it again.
+another domid was started anew (xl create/restore, or rebuilt by xl's monitor at a
+reboot): if domsnap started it, or it was rebuilt from the config domsnap pushed
+(``xl config-update``), the entry already matches; if its owner did, from a config
+naming other images, xl's view of that new instance is the truth and the entry is
+taken from it again, unless those images are frozen backing files of the entry's
+own overlays: that view is refused and recorded (``diverged``), see
+:mod:`workers.drivers.xlrestart`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from workers.hostio.fsutil import atomic_write
 class Entry(BaseModel):
     config: DomainConfig
     domid: int | None = None  # the instance this entry describes (None: not seen running)
+    # set when instance ``domid`` runs on frozen images of this config's snapshots
+    # (workers.drivers.xlrestart): what every request on that instance is refused with
+    diverged: str | None = None
 
 
 class Registry:
@@ -82,7 +89,8 @@ class Registry:
     def set_config(self, uuid: str, config: DomainConfig) -> None:
         with self.locked():
             old = self.find(uuid)
-            self.put(uuid, Entry(config=config, domid=old.domid if old else None))
+            self.put(uuid, Entry(config=config, domid=old.domid if old else None,
+                                 diverged=old.diverged if old else None))
 
     def write_cfg(self, uuid: str, config: DomainConfig) -> Path:
         """The config as an xl.cfg file for ``xl create`` / ``xl restore`` (0600: it

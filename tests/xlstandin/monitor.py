@@ -1,0 +1,209 @@
+"""xl's domain monitor, ``xl reboot`` and ``xl config-update``, in the stand-in.
+
+What real xl does (tools/xl/xl_vmcontrol.c, Xen 4.17):
+
+- ``xl create`` and ``xl restore`` (unless ``-e``) daemonize a monitor (``create_domain``:
+  ``do_daemonize("xl-<name>")``, its output to ``/var/log/xen/xl-<name>.log``) that
+  waits for the domain's death (``libxl_evenable_domain_death``).
+- On a shutdown for reboot (``xl reboot`` asks a PV guest through xenstore, or the guest
+  reboots itself: both are ``LIBXL_SHUTDOWN_REASON_REBOOT``), ``handle_domain_death``
+  takes the ``on_reboot`` action (default ``restart``): ``reload_domain_config`` uses the
+  ``"xl"`` userdata that ``xl config-update`` stored (xl.cfg text; used once, then
+  unlinked), else ``libxl_retrieve_domain_configuration`` (libxl_domain.c): the
+  ``"libxl-json"`` userdata libxl stored when it built the domain, merged with xenstore,
+  where a non-removable disk keeps the JSON's ``pdev_path`` (``libxl_device_disk_merge``
+  in libxl_disk.c). Then it destroys the domain and builds a new one (a new domid, the
+  same name and uuid) from that config, and watches the new one.
+- On a shutdown for suspend (``xl save``) it logs "Domain has suspended." and exits: after
+  a save nobody acts on ``on_reboot`` any more.
+- ``xl config-update DOM CFG`` parses CFG and stores its text as the ``"xl"`` userdata
+  (``main_config_update`` in xl_misc.c); ``xl list -l`` still shows the libxl-json view.
+
+In the stand-in a domain's QEMU runs with ``-no-reboot``: a reset (the guest's own, or
+``system_reset`` for ``xl reboot``) ends the QEMU process with a ``SHUTDOWN`` event, which
+the monitor hears on its own QMP socket (``standin-mon-<domid>``). The libxl-json
+userdata is ``domains/<uuid>/config.json``; the ``"xl"`` userdata ``domains/<uuid>/userdata-xl``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from tests.xlstandin.cli import err, find_domain, make_domain, opts, xl_config
+from tests.xlstandin.domains import Dom, Env, Fail, _load, domains, kill
+from tests.xlstandin.qmp import QMP, QMPFailure
+
+USERDATA_XL = "userdata-xl"  # /var/lib/xen/userdata-d.<domid>.<uuid>.xl
+SUSPEND_SEEN = "suspend-seen"  # written by `xl save` once the guest suspended
+
+# QEMU's SHUTDOWN reasons under -no-reboot, as Xen's shutdown reason codes
+_REBOOT = {"guest-reset", "host-qmp-system-reset"}
+_CRASH = {"guest-panic"}
+_POWEROFF = {"guest-shutdown"}
+
+
+def spawn_monitor(env: Env, dom: Dom) -> None:
+    """Daemonize a monitor for ``dom`` (double fork, its own session, stdio on the log
+    file: it holds none of the caller's pipes, so whoever ran ``xl`` sees it end)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    code = 1
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        log_dir = env.root / "log"
+        log_dir.mkdir(exist_ok=True)
+        fd = os.open(log_dir / f"xl-{dom.name}.log",
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.closerange(3, 65536)
+        code = watch(env, dom)
+    except BaseException:  # noqa: BLE001 - a daemon reports and ends
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} xl: {text}\n")
+    sys.stderr.flush()
+
+
+def watch(env: Env, dom: Dom) -> int:
+    """The monitor's loop: follow the domain through its reboots until it dies."""
+    while True:
+        _say(f"Waiting for domain {dom.name} (domid {dom.domid}) to die [pid {os.getpid()}]")
+        why = _wait_death(env, dom)
+        if why == "suspend":
+            _say("Domain has suspended.")
+            _say("Done. Exiting now")
+            return 0
+        if why != "reboot":
+            _say(f"Domain {dom.domid} has been destroyed ({why}).")
+            return 0
+        _say(f"Domain {dom.domid} has shut down, reason code 1 0x1")
+        action = str(dom.config.get("on_reboot", "restart"))
+        _say(f"Action for shutdown reason code 1 is {action}")
+        if action not in ("restart", "rename-restart"):
+            kill(dom)
+            return 0
+        config = reload_config(dom)
+        _say(f"Domain {dom.domid} needs to be cleaned up: destroying the domain")
+        kill(dom)
+        _say("Done. Rebooting now")
+        try:
+            dom = make_domain(env, config, paused=False, failure_rc=3)
+        except Fail as exc:
+            for line in exc.lines:
+                _say(line)
+            return 1
+
+
+def _wait_death(env: Env, dom: Dom) -> str:
+    """``reboot``, ``suspend``, or how else the domain ended."""
+    reason = None
+    try:
+        with QMP(str(env.mon(dom.domid)), timeout=10, greeting_timeout=10) as q:
+            while True:
+                if (dom.dir / SUSPEND_SEEN).exists():
+                    return "suspend"
+                event = q.next_event(0.25)
+                if event is not None and event.get("event") == "SHUTDOWN":
+                    reason = str(event.get("data", {}).get("reason"))
+    except QMPFailure:
+        pass  # QEMU closed the socket: it exited
+    if reason in _REBOOT:
+        return "reboot"
+    if reason in _CRASH:
+        return "crash"
+    return "poweroff" if reason in _POWEROFF else f"gone: {reason}"
+
+
+def reload_config(dom: Dom) -> dict[str, Any]:
+    """xl's reload_domain_config: the ``"xl"`` userdata once, else the stored libxl-json."""
+    stored = dom.dir / USERDATA_XL
+    try:
+        text = stored.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        fresh = _load(dom.env, dom.dir)
+        return fresh.config if fresh is not None else dom.config
+    _say('"xl" configuration found, using it')
+    config = xl_config(text, "<updated>")
+    stored.unlink(missing_ok=True)
+    return config
+
+
+# --------------------------------------------------------------------------- verbs
+
+def cmd_reboot(env: Env, args: list[str]) -> int:
+    found, rest = opts(args, "reboot", "awF", ["all", "wait"], 0)
+    flags = {o for o, _ in found}
+    if not rest:
+        if flags & {"-a", "--all"}:
+            raise Fail(1, "xl (test stand-in): reboot -a is not implemented")
+        err("You must specify -a or a domain id.\n")
+        return 1
+    target = find_domain(env, rest[0])
+    domid = target if isinstance(target, int) else target.domid
+    err(f"Rebooting domain {domid}")
+    if isinstance(target, int):
+        raise Fail(1, "reboot failed (rc=-3)")
+    try:
+        with target.control() as q:  # the guest answers the xenstore request: it resets
+            q.execute("system_reset")
+    except QMPFailure:
+        if target.pid() is not None:  # not merely QEMU ending before it answered
+            raise
+    if flags & {"-w", "--wait"}:
+        while any(d.domid == domid for d in domains(env)):
+            time.sleep(0.05)
+        err(f"Domain {domid} has been shut down, reason code 1")
+    return 0
+
+
+def cmd_config_update(env: Env, args: list[str]) -> int:
+    if not args:
+        err("xl config-update requires a domain argument")
+        return 1
+    err("WARNING: xl now has better capability to manage domain configuration, avoid "
+        "using this command when possible")
+    target = find_domain(env, args[0])
+    rest = args[1:]
+    filename = None
+    if rest and not rest[0].startswith("-") and "=" not in rest[0]:
+        filename, rest = rest[0], rest[1:]
+    found, rest = opts(rest, "config_update", "dqf:", ["defconfig="], 0)
+    for o, a in found:
+        if o in ("-f", "--defconfig"):
+            filename = a
+    extra = [a for a in rest if "=" in a]
+    if filename is None:
+        raise Fail(1, "Config file not specified")
+    try:
+        text = Path(filename).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise Fail(253, f"Failed to read config file: {filename}: {exc.strerror}") from None
+    if extra:
+        text += "\n" + "\n".join(extra) + "\n"
+    xl_config(text, filename)  # parse_config_data: a bad file ends xl here
+    if isinstance(target, int):
+        raise Fail(1, f"setting dom{target} configuration", "failed to update configuration")
+    err(f"setting dom{target.domid} configuration")
+    tmp = target.dir / f"{USERDATA_XL}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, target.dir / USERDATA_XL)
+    return 0
