@@ -17,6 +17,8 @@ mark, scratch file, orphan image or lock is left, and the next operation works.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -236,3 +238,48 @@ def test_delete_killed_on_mixed_disks(cluster: Cluster, xh: HostHandle, point: s
     ok(client, client.create(dom.name, name="next", type="external", disk_only=True))
     ok(client, client.delete(dom.name, "next"))
     _holds(dom, AFTER)
+
+
+# ---------------------------------------------------------------- a worker killed in xl save
+
+
+def _suspended_by_save(dom: Domain, timeout: float = 120) -> None:
+    """Wait until ``xl list`` shows the guest shut down for the save's suspend."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = dom.host.xl("list", dom.name).stdout.splitlines()[-1].split()
+        if row[4] == "---ss-":
+            return
+        assert time.monotonic() < deadline, f"{dom.name} never suspended: {row}"
+        time.sleep(0.05)
+
+
+def test_worker_killed_during_xl_save_leaves_the_save_to_finish(
+        cluster: Cluster, xh: HostHandle) -> None:
+    """SIGKILL the worker while ``xl save -p`` writes the guest's memory (the guest is
+    suspended, ``---ss-``). The save no longer dies with it (its output goes to files,
+    not to pipes of the dead worker): it completes; start-up recovery waits for it, puts
+    the domain back to running and rolls the create back."""
+    dom = _mixed(cluster, xh, "xsave", stub=False)
+    (xh.xen / "domains" / dom.uuid / "slow-save").write_text("6\n")
+    client = cluster.client()
+    job = client.create(dom.name, name="cut", type="external")
+    _suspended_by_save(dom)
+    assert xh.proc is not None
+    os.killpg(xh.proc.pid, signal.SIGKILL)  # the worker and both pools, as in a power cut
+    xh.proc.wait()
+    xh.proc = None
+    restart(cluster, xh)
+    rec = ended(client, job)
+    assert rec.state == "failed" and rec.error is not None
+    assert "rolled back" in rec.error.message
+    assert dom.state() == "running"
+    saves = (xh.xen / "log" / "saves.log").read_text().splitlines()
+    assert any(line.startswith(f"{dom.uuid} ") and line.endswith(" completed")
+               for line in saves), "the xl save died with the worker"
+    _holds(dom, BEFORE)
+    assert client.snapshots(dom.name) == []
+    assert not (xh.snapshots / dom.uuid / "cut.save").exists()
+    no_leftovers(xh, dom, client)
+    _windows_clear(xh)
+    ok(client, client.create(dom.name, name="next", type="external"))  # and it goes on

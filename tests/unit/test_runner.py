@@ -172,3 +172,70 @@ def test_recording_runner_with_callable_and_default() -> None:
     assert RecordingRunner(answer)(["echo", "a", "b"], timeout=1).stdout == "a b"
     default = RecordingRunner()
     assert default(["anything"], timeout=1) == Completed(["anything"], 0, "", "", 0.0)
+
+
+# ---------------------------------------------------------------- outlive (xl save & co.)
+
+
+def test_outlive_returns_what_pipes_would(run: SubprocessRunner) -> None:
+    argv = ["sh", "-c", "echo out; echo err >&2; exit 3"]
+    done = run(argv, timeout=10, check=False, outlive=True)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+    with pytest.raises(CommandFailed) as exc:
+        run(argv, timeout=10, outlive=True)
+    assert exc.value.returncode == 3 and exc.value.stderr == "err\n"
+
+
+def test_outlive_still_times_out_and_kills_the_group(run: SubprocessRunner,
+                                                     tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    with pytest.raises(CommandFailed) as exc:
+        run(["sh", "-c", f"sleep 30 & echo $! > {pidfile}; echo started >&2; wait"],
+            timeout=1, outlive=True)
+    assert exc.value.returncode is None
+    assert "started" in exc.value.stderr and "timeout" in exc.value.stderr
+    assert _gone(int(pidfile.read_text()))
+
+
+def _caller_killed_mid_command(tmp_path: Path, *, outlive: bool) -> Path:
+    """A caller process runs a command that writes to stderr after the caller was
+    SIGKILLed; returns the file the command writes once it finished."""
+    import signal
+    import subprocess
+    import sys
+
+    done = tmp_path / f"done-{outlive}"
+    started = tmp_path / f"started-{outlive}"
+    code = ("import sys\n"
+            "from workers.hostio.runner import SubprocessRunner\n"
+            f"SubprocessRunner()(['sh', '-c', 'echo $$ > {started}.tmp; "
+            f"mv {started}.tmp {started}; sleep 1; echo progress >&2; "
+            f"echo progress >&2; touch {done}'], timeout=30, outlive={outlive})\n")
+    repo = Path(__file__).resolve().parents[2]
+    caller = subprocess.Popen([sys.executable, "-c", code], cwd=repo,
+                              env={**os.environ, "PYTHONPATH": str(repo)})
+    deadline = time.monotonic() + 20
+    while not started.exists():
+        assert time.monotonic() < deadline and caller.poll() is None
+        time.sleep(0.02)
+    caller.send_signal(signal.SIGKILL)
+    caller.wait()
+    assert _gone(int(started.read_text()), within=30)  # the command ended, one way or other
+    return done
+
+
+def test_a_command_run_to_outlive_its_caller_finishes_after_the_caller_dies(
+        tmp_path: Path) -> None:
+    assert _caller_killed_mid_command(tmp_path, outlive=True).exists()
+
+
+def test_a_piped_command_dies_with_its_caller(tmp_path: Path) -> None:
+    """What ``outlive`` is for: the same command on pipes dies of SIGPIPE at its first
+    write after the caller's death (as ``xl save`` did, exit 141 in a shell)."""
+    assert not _caller_killed_mid_command(tmp_path, outlive=False).exists()
+
+
+def test_recording_runner_records_outlive() -> None:
+    rec = RecordingRunner()
+    rec(["xl", "save", "3", "/f"], timeout=5, outlive=True)
+    assert rec.calls == [Call(["xl", "save", "3", "/f"], 5, True, None, True)]

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import struct
+import sys
 import time
 from typing import Any
 
@@ -73,6 +74,7 @@ def cmd_save(env: Env, args: list[str]) -> int:
     finally:
         os.close(fd)
     (dom.dir / SUSPENDED).unlink(missing_ok=True)  # libxl resumes (-c, -p) or destroys it
+    _saved_log(env, dom, filename)
     if "-p" in flags or "-c" in flags:
         with dom.control() as q:
             wait_finalized(q)
@@ -88,6 +90,13 @@ def cmd_save(env: Env, args: list[str]) -> int:
 # a domain shut down for a suspend and never resumed (flags ---ss-): what an `xl save`
 # killed half-way leaves on Xen, where no xl verb resumes it (`xl unpause` does not)
 SUSPENDED = "suspended"
+
+
+def _saved_log(env: Env, dom: Dom, filename: str) -> None:
+    """Test evidence (not in xl): every save that ran to its end, one line each."""
+    (env.root / "log").mkdir(exist_ok=True)
+    with open(env.root / "log" / "saves.log", "a") as fh:
+        fh.write(f"{dom.uuid} {dom.domid} {os.path.abspath(filename)} completed\n")
 
 
 def save_optdata(config: dict[str, Any]) -> bytes:
@@ -135,11 +144,10 @@ def write_memory(dom: Dom, fd: int) -> None:
                 q.execute("stop")
             # QEMU caps migration at 128 MiB/s by default (meant for networks)
             q.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+            _slow_save(dom)
             q.send_fd(MEM_FD, fd)
             q.execute("migrate", {"uri": f"fd:{MEM_FD}"})
-            info = q.poll("query-migrate",
-                          lambda r: r.get("status") in ("completed", "failed", "cancelled"),
-                          timeout=3600, interval=0.005)
+            info = _follow(q)
             if info.get("status") != "completed":
                 raise QMPFailure(str(info.get("error-desc", info.get("status"))))
     except QMPFailure as exc:
@@ -153,6 +161,42 @@ def write_memory(dom: Dom, fd: int) -> None:
                                dom.domid, "saving domain: domain responded to suspend "
                                "request: Input/output error"),
                    "Failed to save domain, resuming domain") from None
+
+
+def _progress(text: str) -> None:
+    """libxc's progress line on stderr, as xl save prints it while it writes memory: a
+    write to a pipe whose reader died kills the process (SIGPIPE, see main)."""
+    sys.stderr.write(f"xc: info: {text}\n")
+    sys.stderr.flush()
+
+
+def _slow_save(dom: Dom) -> None:
+    """Test hook: ``<root>/domains/<uuid>/slow-save`` holding N makes the save take N
+    more seconds once the guest is suspended (a big domain), with progress meanwhile."""
+    try:
+        seconds = float((dom.dir / "slow-save").read_text().strip() or "0")
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        _progress(f"Saving memory: {int(100 * (1 - (deadline - time.monotonic()) / seconds))}%")
+        time.sleep(0.1)
+
+
+def _follow(q: Any) -> dict[str, Any]:
+    """Wait for the migration to end, printing progress about every 0.2 s."""
+    last = 0.0
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        info: dict[str, Any] = q.execute("query-migrate")
+        if info.get("status") in ("completed", "failed", "cancelled"):
+            return info
+        if time.monotonic() - last > 0.2:
+            ram = info.get("ram", {})
+            _progress(f"Saving memory: {ram.get('transferred', 0)} bytes")
+            last = time.monotonic()
+        time.sleep(0.005)
+    return {"status": "failed", "error-desc": "timed out"}
 
 
 # --------------------------------------------------------------------------- restore

@@ -9,9 +9,9 @@ automatically named ``#blockNNN`` protocol node). Stdlib only, no domsnap import
 Verbs: create, list [-l], domid, domname, pause, unpause, destroy, save [-c] [-p],
 restore [-p] [-e], reboot [-w], config-update. ``create`` and ``restore`` leave a
 monitor daemon per domain, as xl does, that rebuilds the domain from its stored
-config when it reboots (tests/xlstandin/monitor.py). Environment: XL_STANDIN_ROOT and XL_STANDIN_RUN_DIR (required),
-XL_STANDIN_ACCEL (default tcg), XL_STANDIN_QEMU (default qemu-system-x86_64),
-XL_STANDIN_SUSPEND_TIMEOUT (seconds, default 60 like libxl).
+config when it reboots (tests/xlstandin/monitor.py). Environment: XL_STANDIN_ROOT and
+XL_STANDIN_RUN_DIR (required), XL_STANDIN_ACCEL (default tcg), XL_STANDIN_QEMU (default
+qemu-system-x86_64), XL_STANDIN_SUSPEND_TIMEOUT (seconds, default 60 like libxl).
 
 Modules: standin (entry point; create, list, domid, domname, pause, unpause,
 destroy), saverestore (save, restore), monitor (the monitor daemon, reboot,
@@ -57,10 +57,15 @@ Where the stand-in differs from Xen (accepted, on purpose):
 - A uuid already in use by a live domain is refused (Xen would allow it): the
   stand-in keeps its state per uuid.
 - Destroy stops QEMU with SIGTERM (a clean exit, images closed).
+- A reboot ends the QEMU process (``-no-reboot``) and the monitor builds the new one at
+  once: ``xl list`` never shows the rebooting domain shut down (``---s-r``).
+- Test hooks, not in xl: ``domains/<uuid>/slow-save`` (seconds a save takes after the
+  suspend, printing progress), ``log/saves.log`` (one line per save that completed).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -248,6 +253,9 @@ def cmd_destroy(env: Env, args: list[str]) -> int:
 # --------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
+    # C's default, which Python replaces: xl writing to a pipe nobody reads dies of
+    # SIGPIPE (exit 141 in a shell), as xl save did when its worker was killed
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = list(sys.argv[1:] if argv is None else argv)
     while args and args[0].startswith("-") and len(args[0]) > 1:
         flag = args.pop(0)

@@ -48,6 +48,7 @@ from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progr
 from workers.drivers.xlparse import XlDomain, parse_list_long, parse_list_rows
 from workers.drivers.xlregistry import Entry, Registry
 from workers.drivers.xlrestart import adopt, push_stored_config
+from workers.drivers.xlsave import wait_for_saves
 from workers.drivers.xlwindow import Mark, WindowMarks, retarget, touch_private
 from workers.engine.diskops import take_offline, undo_offline
 from workers.hostio import faults
@@ -85,8 +86,11 @@ class XlDriver(Driver):
 
     # ------------------------------------------------------------ xl
 
-    def _xl(self, *args: str, timeout: float | None = None) -> str:
-        return self.runner([self.binary, *args], timeout=timeout or self.timeout).stdout
+    def _xl(self, *args: str, timeout: float | None = None, outlive: bool = False) -> str:
+        """One xl call; ``outlive``: one that must not die with the worker (save, restore,
+        create: :mod:`workers.drivers.xlsave`)."""
+        return self.runner([self.binary, *args], timeout=timeout or self.timeout,
+                           outlive=outlive).stdout
 
     def _lookup(self, uuid: str) -> tuple[int, str] | None:
         """``(domid, state)`` of the running domain ``uuid``, or None when xl does not
@@ -206,6 +210,9 @@ class XlDriver(Driver):
         cannot resume it) is resumed first, as libxl does after a failed save
         (:meth:`resume_suspended`); then ``xl unpause`` or ``xl pause`` to the wanted
         state."""
+        found = self._lookup(uuid)
+        if found is not None:  # an xl save that outlived its worker ends first
+            wait_for_saves(self.binary, domid=found[0], timeout=self.timeout)
         self.recover_windows(blocking=True)
         self.resume_suspended(uuid)
         return super().resume_after_crash(uuid, state=state)
@@ -217,9 +224,9 @@ class XlDriver(Driver):
         def restore(uuid: str, file: Path, paused: bool) -> None:
             self.start(uuid, self.registry.get(uuid).config, paused=paused, memory_file=file)
 
-        return self.windows.restore_orphans(blocking=blocking,
-                                            running=lambda u: self._lookup(u) is not None,
-                                            restore=restore)
+        return self.windows.restore_orphans(
+            blocking=blocking, running=lambda u: self._lookup(u) is not None, restore=restore,
+            wait=lambda f: wait_for_saves(self.binary, file=f, timeout=self.timeout))
 
     def destroy(self, uuid: str) -> None:
         found = self._lookup(uuid)
@@ -235,9 +242,9 @@ class XlDriver(Driver):
         self.registry.set_config(uuid, cfg)  # before xl starts it: the inventory agrees
         flags = ["-p"] if paused else []
         if memory_file is not None:
-            self._xl("restore", *flags, str(path), str(memory_file))
+            self._xl("restore", *flags, str(path), str(memory_file), outlive=True)
         else:
-            self._xl("create", *flags, str(path), timeout=300)
+            self._xl("create", *flags, str(path), timeout=300, outlive=True)
         found = self._lookup(uuid)
         with self.registry.locked():
             self.registry.put(uuid, Entry(config=cfg, domid=found[0] if found else None))
@@ -330,7 +337,7 @@ class XlDriver(Driver):
             # (-p) or restored paused.
             self._xl("unpause", str(domid), timeout=60)
         try:
-            self._xl("save", *flags, str(domid), str(file))
+            self._xl("save", *flags, str(domid), str(file), outlive=True)
         except CommandFailed as exc:
             file.unlink(missing_ok=True)
             self._resume_after_failed_save(uuid, was_running)

@@ -152,13 +152,17 @@ class WindowMarks:
         mark.path.unlink(missing_ok=True)
 
     def restore_orphans(self, *, blocking: bool, running: Callable[[str], bool],
-                        restore: Callable[[str, Path, bool], None]) -> int:
-        """Settle every orphaned mark: a domain that is down is restored from the
-        window's file (``restore(uuid, file, paused)``); then the mark goes, with a
-        scratch file. Returns how many could not be settled (their marks stay)."""
+                        restore: Callable[[str, Path, bool], None],
+                        wait: Callable[[Path], object] = lambda file: None) -> int:
+        """Settle every orphaned mark: first ``wait(file)`` for an ``xl save`` into the
+        window's file that outlived the window's worker (it destroys the domain when it
+        ends); then a domain that is down is restored from the file (``restore(uuid,
+        file, paused)``); then the mark goes, with a scratch file. Returns how many could
+        not be settled (their marks stay)."""
         left = 0
         with self.orphaned(blocking=blocking) as marks:
             for mark in marks:
+                wait(Path(str(mark.body["file"])))
                 if not self._settle(mark, running, restore):
                     left += 1
         return left

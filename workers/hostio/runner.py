@@ -13,7 +13,16 @@ Rules kept here, once, for every command:
 * each command runs in its own session; on timeout the whole process group is
   killed, so helpers it spawned die with it;
 * failures become :class:`~domsnap.errors.CommandFailed`, which keeps argv, the
-  exit code (``None`` when timed out, 127 when the binary is missing) and stderr.
+  exit code (``None`` when timed out, 127 when the binary is missing) and stderr;
+* ``outlive=True`` (``xl save``/``restore``/``create``: a command cut off half-way
+  leaves a guest suspended or half-built): the command's stdout and stderr go to
+  anonymous files that this process reads once it ends, never to pipes, so a caller
+  killed meanwhile (SIGKILL) does not take the command with it (a C program writing
+  to a pipe whose reader is gone dies of SIGPIPE). The timeout is enforced as for any
+  command while the caller lives; after its death, whoever recovers the operation
+  must wait for the command and bound it (``workers.drivers.xlsave``). A Python
+  exception in the caller (not a timeout) leaves such a command running, for the
+  same reason.
 """
 
 from __future__ import annotations
@@ -21,10 +30,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from domsnap.errors import CommandFailed
 
@@ -55,6 +65,7 @@ class Runner(Protocol):
         timeout: float,
         check: bool = True,
         input: bytes | None = None,
+        outlive: bool = False,
     ) -> Completed: ...
 
 
@@ -96,26 +107,18 @@ class SubprocessRunner:
         timeout: float,
         check: bool = True,
         input: bytes | None = None,
+        outlive: bool = False,
     ) -> Completed:
         args = _argv_list(argv)
         if not args:
             raise ValueError("argv is empty")
+        if outlive:
+            if input is not None:
+                raise ValueError("a command that outlives its caller takes no input")
+            return self._outliving(args, timeout=timeout, check=check)
         started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=self._env(),
-                start_new_session=True,
-                close_fds=True,
-            )
-        except FileNotFoundError:
-            raise CommandFailed(args, 127, f"{args[0]}: binary not found") from None
-        except OSError as exc:  # not executable, exec format error, ...
-            raise CommandFailed(args, 126, f"{args[0]}: cannot execute: {exc}") from None
-
+        proc = self._spawn(args, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -124,25 +127,54 @@ class SubprocessRunner:
                 out, err = proc.communicate(timeout=_REAP_TIMEOUT_S)
             except subprocess.TimeoutExpired:  # a child left its group and holds the pipes
                 out, err = b"", b""
-            stderr = _decode(err)
-            note = f"killed after {timeout:g}s timeout"
-            stderr = f"{stderr}\n{note}" if stderr.strip() else note
-            raise CommandFailed(args, None, stderr, _decode(out)) from None
+            raise _timed_out(args, timeout, _decode(out), _decode(err)) from None
         except BaseException:  # KeyboardInterrupt, ...: never leave the group behind
             _kill_group(proc)
             proc.wait()
             raise
+        return _done(args, proc.returncode, _decode(out), _decode(err), started, check)
 
-        done = Completed(
-            argv=args,
-            returncode=proc.returncode,
-            stdout=_decode(out),
-            stderr=_decode(err),
-            duration_s=time.monotonic() - started,
-        )
-        if check and done.returncode != 0:
-            raise CommandFailed(args, done.returncode, done.stderr, done.stdout)
-        return done
+    def _spawn(self, args: list[str], **stdio: Any) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(args, env=self._env(), start_new_session=True,
+                                    close_fds=True, **stdio)
+        except FileNotFoundError:
+            raise CommandFailed(args, 127, f"{args[0]}: binary not found") from None
+        except OSError as exc:  # not executable, exec format error, ...
+            raise CommandFailed(args, 126, f"{args[0]}: cannot execute: {exc}") from None
+
+    def _outliving(self, args: list[str], *, timeout: float, check: bool) -> Completed:
+        """Run ``args`` with its output in anonymous files (see the module docstring)."""
+        started = time.monotonic()
+        with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+            proc = self._spawn(args, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                proc.wait()
+                raise _timed_out(args, timeout, _read_back(out_f), _read_back(err_f)) from None
+            return _done(args, proc.returncode, _read_back(out_f), _read_back(err_f),
+                         started, check)
+
+
+def _read_back(fh: Any) -> str:
+    fh.seek(0)
+    return _decode(fh.read())
+
+
+def _timed_out(args: list[str], timeout: float, out: str, err: str) -> CommandFailed:
+    note = f"killed after {timeout:g}s timeout"
+    return CommandFailed(args, None, f"{err}\n{note}" if err.strip() else note, out)
+
+
+def _done(args: list[str], returncode: int, out: str, err: str, started: float,
+          check: bool) -> Completed:
+    done = Completed(argv=args, returncode=returncode, stdout=out, stderr=err,
+                     duration_s=time.monotonic() - started)
+    if check and done.returncode != 0:
+        raise CommandFailed(args, done.returncode, done.stderr, done.stdout)
+    return done
 
 
 @dataclass(frozen=True)
@@ -153,6 +185,7 @@ class Call:
     timeout: float
     check: bool
     input: bytes | None
+    outlive: bool = False
 
 
 Scripted = Completed | BaseException
@@ -205,8 +238,10 @@ class RecordingRunner:
         timeout: float,
         check: bool = True,
         input: bytes | None = None,
+        outlive: bool = False,
     ) -> Completed:
-        call = Call(argv=_argv_list(argv), timeout=timeout, check=check, input=input)
+        call = Call(argv=_argv_list(argv), timeout=timeout, check=check, input=input,
+                    outlive=outlive)
         self.calls.append(call)
         answer = self._answer(call)
         if isinstance(answer, BaseException):
