@@ -147,30 +147,50 @@ class IndexReads:
             n, indexed, summaries = pipe.execute()
         return bool(n == indexed == summaries)
 
+    @staticmethod
+    def _wanted(raw: dict[str, str]) -> tuple[dict[str, str], dict[str, float]]:
+        """The summaries and scores the records ``raw`` (name -> JSON) call for; a record
+        that does not parse (corrupt, or of another schema version) has none."""
+        want_sum: dict[str, str] = {}
+        want_score: dict[str, float] = {}
+        for name, value in raw.items():
+            try:
+                rec = _load(SnapshotRecord, value, f"snapshot {name}")
+            except DomsnapError:
+                continue
+            want_sum[name] = summary_of(rec).to_json()
+            want_score[name] = rec.created_at
+        return want_sum, want_score
+
+    @_translated
+    def index_matches(self, uuid: str) -> bool:
+        """Whether the summaries and the by-time index are exactly what the records call
+        for (fsck: a full comparison, where :meth:`index_complete` only counts)."""
+        k = self.keys
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.snapshots(uuid))
+            pipe.hgetall(k.summaries(uuid))
+            pipe.zrange(k.by_time(uuid), 0, -1, withscores=True)
+            raw, have_sum, scored = pipe.execute()
+        want_sum, want_score = self._wanted(raw)
+        return bool(have_sum == want_sum and dict(scored) == want_score)
+
     @_translated
     def rebuild_index(self, uuid: str) -> bool:
         """Make the summaries and the by-time index exactly those of the records (a
         writer's job: workers at start, fsck --repair). True if anything changed.
 
         Atomic against the writers: WATCH on the three keys, rewrite in MULTI/EXEC, read
-        again if a write came in between. A record that does not parse (corrupt, or of
-        another schema version) stays out of the index, so listings keep going through
-        the records and report it as they always did."""
+        again if a write came in between. A record that does not parse stays out of the
+        index, so listings keep going through the records and report it as they always
+        did."""
         k = self.keys
         keys = (k.snapshots(uuid), k.summaries(uuid), k.by_time(uuid))
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(*keys)
-                    want_sum: dict[str, str] = {}
-                    want_score: dict[str, float] = {}
-                    for name, raw in pipe.hgetall(keys[0]).items():
-                        try:
-                            rec = _load(SnapshotRecord, raw, f"snapshot {name}")
-                        except DomsnapError:
-                            continue
-                        want_sum[name] = summary_of(rec).to_json()
-                        want_score[name] = rec.created_at
+                    want_sum, want_score = self._wanted(pipe.hgetall(keys[0]))
                     have_sum = pipe.hgetall(keys[1])
                     have_score = dict(pipe.zrange(keys[2], 0, -1, withscores=True))
                     if have_sum == want_sum and have_score == want_score:

@@ -51,7 +51,7 @@ def assert_consistent(store: Store) -> None:
     want = expected(store)
     page = store.snapshot_page(U)
     assert page.snapshots == want and page.total == len(want)
-    assert store.index_complete(U)
+    assert store.index_complete(U) and store.index_matches(U)
     assert store.rebuild_index(U) is False  # nothing to repair
     for offset, limit in ((0, 1), (1, 2), (len(want), 3), (0, 0), (2, None)):
         assert store.snapshot_page(U, offset=offset, limit=limit).snapshots == \
@@ -141,7 +141,7 @@ def test_records_written_before_the_index_are_listed_and_rebuilt() -> None:
     for o in old:  # what an older domsnap wrote: the record only
         r.hset(store.keys.snapshots(U), o.name, o.model_dump_json())
     store.commit_snapshot(rec("new", 4.0))
-    assert not store.index_complete(U)
+    assert not store.index_complete(U) and not store.index_matches(U)
     page = store.snapshot_page(U, offset=1, limit=2)
     assert [s.name for s in page.snapshots] == ["z", "x"] and page.total == 4
     assert page.current == "new"
@@ -156,6 +156,8 @@ def test_rebuild_drops_entries_without_records() -> None:
     store.commit_snapshot(rec("a"))
     r.hdel(store.keys.snapshots(U), "a")  # an older worker's delete
     r.hset(store.keys.snapshots(U), "b", rec("b", 2.0).model_dump_json())
+    assert store.index_complete(U)  # the counts agree: only the full comparison sees it
+    assert not store.index_matches(U)
     assert store.rebuild_index(U) is True
     assert_consistent(store)
     assert [s.name for s in store.snapshot_page(U).snapshots] == ["b"]
@@ -222,3 +224,25 @@ def test_bad_summaries_are_domsnap_errors(raw: str, error: type[Exception]) -> N
         store.snapshot_page(U)
     with pytest.raises(error):
         store.snapshot_summary(U, "a")
+
+
+def test_summaries_follow_the_exported_schema() -> None:
+    import jsonschema  # a test dependency: missing must fail, not skip
+
+    from schemas import export
+
+    schema = json.loads((export.OUT_DIR / "snapshot-summary.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for r in (rec("a"), rec("b", 2.5, parent="a", description="x", disks=2, external=True,
+                            memory_bytes=5)):
+        assert list(validator.iter_errors(json.loads(summary_of(r).to_json()))) == []
+
+
+def test_fsck_reports_and_repairs_an_index_mismatch() -> None:
+    from workers.engine.fsck import DomainFacts, check
+
+    facts = DomainFacts(uuid=U, host="h1", snapdir="/nonexistent", index_ok=False)
+    found = [f for f in check(facts) if f.kind == "index_mismatch"]
+    assert len(found) == 1 and found[0].repairable
+    assert not [f for f in check(DomainFacts(uuid=U, host="h1", snapdir="/x"))
+                if f.kind == "index_mismatch"]
