@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -173,3 +174,53 @@ def test_fast_path_reads_the_settings_as_settings_does(
         monkeypatch.setenv(k, v)
     s = Settings()
     assert fastlist.target() == (s.redis_url, s.key_prefix)
+
+
+# ---------------------------------------------------------------- what start-up imports
+
+HEAVY = ("celery", "kombu", "workers", "tasks", "pydantic", "pydantic_settings", "redis",
+         "billiard")
+_PROBE = """
+import os, sys
+from domsnap import cli
+try:
+    cli.main(sys.argv[1:], prog_name="domsnap")
+except SystemExit as exc:
+    code = exc.code
+print("HEAVY", sorted({m.split(".")[0] for m in sys.modules}
+                     & set(os.environ["PROBE_HEAVY"].split(","))), file=sys.stderr)
+"""
+
+
+def imported(args: list[str], environ: dict[str, str]) -> tuple[list[str], str]:
+    """(the heavy top-level packages a CLI run imported, its stdout)."""
+    import subprocess
+    import sys
+
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("DOMSNAP_")}
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args],
+                          env={**env, **environ, "PYTHONPATH": repo,
+                               "PROBE_HEAVY": ",".join(HEAVY)}, capture_output=True,
+                          text=True, timeout=60, check=False)
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("HEAVY"))
+    return json.loads(line[6:].replace("'", '"')), proc.stdout
+
+
+def test_help_imports_no_celery_redis_pydantic_or_workers() -> None:
+    mods, out = imported(["--help"], {})
+    assert mods == [] and "snapshot-list" in out and "policy-create" in out
+    mods, out = imported(["snapshot-list", "--help"], {})
+    assert mods == [] and "--limit" in out and "--offset" in out
+
+
+def test_short_snapshot_list_imports_none_of_them(tcp: tuple[str, Store]) -> None:
+    url, _ = tcp
+    mods, out = imported(["snapshot-list", "--limit", "3", "web1"], env(url))
+    assert mods == []
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["s00", "s01", "s02"]
+    mods, out = imported(["snapshot-list", "-n", "s05", "web1"], env(url))
+    assert mods == [] and out.splitlines()[1].split()[0] == "s05"
+    # what the fast path does not handle goes the full way, with the same answer
+    mods, out = imported(["snapshot-list", "-l", "--limit", "1", "web1"], env(url))
+    assert "pydantic" in mods and "description: number 0" in out
