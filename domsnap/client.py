@@ -108,15 +108,7 @@ class Client:
 
     def _find(self, domain: str) -> tuple[str, DomainInfo]:
         """Like resolve, but a host that is down does not hide its records."""
-        from domsnap.errors import HostUnavailable
-
-        try:
-            return self.store.resolve_domain(domain)
-        except HostUnavailable as exc:
-            inv = self.store.inventory(str(exc.details["host"]))
-            assert inv is not None
-            info = next(d for d in inv.domains if d.uuid == exc.details["domain"])
-            return inv.host, info
+        return self.store.find_domain(domain)
 
     # ------------------------------------------------------------ submitting
 

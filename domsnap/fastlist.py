@@ -97,37 +97,77 @@ def _encode(cmd: list[str]) -> bytes:
 
 
 class _Conn:
-    """RESP2, pipelined: send every command, then read every reply; an error reply
-    gives up."""
+    """RESP2, pipelined: send every command, then read every reply from one buffer (a
+    reply of 10,000 bulk strings is parsed with ``bytes.find`` and slices, no read call
+    per line); an error reply gives up."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.f = sock.makefile("rb")
+        self.buf = b""
+        self.pos = 0
 
     def call(self, *cmds: list[str]) -> list[Any]:
         self.sock.sendall(b"".join(_encode(c) for c in cmds))
         return [self._read() for _ in cmds]
 
     def close(self) -> None:
-        self.f.close()
         self.sock.close()
 
-    def _read(self) -> Any:
-        line = self.f.readline()
-        if not line.endswith(b"\r\n"):
+    def _more(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
             raise _GiveUp("connection closed")
-        kind, rest = line[:1], line[1:-2]
+        self.buf = self.buf[self.pos:] + chunk
+        self.pos = 0
+
+    def _line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n", self.pos)) < 0:
+            self._more()
+        line = self.buf[self.pos:end]
+        self.pos = end + 2
+        return line
+
+    def _array(self, n: int) -> list[Any]:
+        """``n`` replies; bulk strings (what HVALS, ZRANGE, HMGET return) in a tight loop."""
+        out: list[Any] = []
+        buf, pos, find = self.buf, self.pos, self.buf.find
+        for _ in range(n):
+            end = find(b"\r\n", pos)
+            if end < 0 or buf[pos:pos + 1] != b"$":
+                self.pos = pos
+                out.append(self._read())  # another type, or the buffer needs more
+                buf, pos, find = self.buf, self.pos, self.buf.find
+                continue
+            size = int(buf[pos + 1:end])
+            start = end + 2
+            if size < 0:
+                out.append(None)
+                pos = start
+            elif start + size + 2 <= len(buf):
+                out.append(buf[start:start + size].decode())
+                pos = start + size + 2
+            else:
+                self.pos = pos
+                out.append(self._read())
+                buf, pos, find = self.buf, self.pos, self.buf.find
+        self.pos = pos
+        return out
+
+    def _read(self) -> Any:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
         if kind == b"$":
             n = int(rest)
             if n < 0:
                 return None
-            data = self.f.read(n + 2)
-            if len(data) != n + 2:
-                raise _GiveUp("connection closed")
-            return data[:-2].decode()
+            while len(self.buf) - self.pos < n + 2:
+                self._more()
+            data = self.buf[self.pos:self.pos + n]
+            self.pos += n + 2
+            return data.decode()
         if kind == b"*":
             n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
+            return None if n < 0 else self._array(n)
         if kind == b":":
             return int(rest)
         if kind == b"+":
@@ -168,10 +208,11 @@ def _page(conn: _Conn, keys: Keys, ref: str, *, name: str | None, offset: int,
         cmds.append(["HGET", keys.summaries(uuid), name])
     else:
         cmds += [["HLEN", keys.snapshots(uuid)], ["ZCARD", keys.by_time(uuid)]]
-        if limit != 0:
-            stop = -1 if limit is None else offset + limit - 1
+        if limit is None:  # everything: as Store.snapshot_page, one HVALS and a sort
+            cmds.append(["HVALS", keys.summaries(uuid)])
+        elif limit:
             cmds.append(["ZREVRANGE" if newest_first else "ZRANGE", keys.by_time(uuid),
-                         str(offset), str(stop)])
+                         str(offset), str(offset + limit - 1)])
     inventory, current, *rest = conn.call(*cmds)
     if not _listed(inventory, uuid):
         raise _GiveUp("unknown domain")
@@ -183,6 +224,14 @@ def _page(conn: _Conn, keys: Keys, ref: str, *, name: str | None, offset: int,
     total, indexed, *names = rest
     if total != indexed:
         raise _GiveUp("records the index does not cover")
+    if limit is None:
+        if len(names[0]) != total:
+            raise _GiveUp("written while reading")
+        every = parse_summaries(names[0], sort=True)
+        if newest_first:
+            every.reverse()
+        return SnapshotPage(total=total, offset=offset, current=current,
+                            snapshots=every[offset:], newest_first=newest_first)
     page: list[str] = names[0] if names else []
     raws = conn.call(["HMGET", keys.summaries(uuid), *page])[0] if page else []
     if None in raws:

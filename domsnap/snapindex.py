@@ -10,7 +10,9 @@ the whole domain config), the store keeps
 
 Both are written in the same atomic write as the record (the fenced Lua script or the
 MULTI/EXEC of :mod:`domsnap.store`), so a page is ``ZRANGE`` + ``HMGET`` of the page's
-summaries: its cost does not grow with the number of snapshots.
+summaries: its cost does not grow with the number of snapshots. A listing of all of them
+is one ``HVALS`` of the summaries and a sort here (cheaper than fetching every name and
+then every summary).
 
 Records written before the index existed (or by an older worker during a rolling
 upgrade) are not in it. A reader sees that from the counts (``HLEN`` of the records
@@ -42,9 +44,9 @@ from schemas.summary import (
 _RETRIES = 3  # a page that raced a delete is read again this often, then from the records
 
 
-def _parsed(raws: list[str], what: str) -> list[SnapshotSummary]:
+def _parsed(raws: list[str], what: str, *, sort: bool = False) -> list[SnapshotSummary]:
     try:
-        return parse_summaries(raws)
+        return parse_summaries(raws, sort=sort)
     except SummaryError as exc:
         if exc.version is not None:
             raise SchemaMismatch(f"{what}: {exc}") from None
@@ -114,20 +116,29 @@ class IndexReads:
                 pipe.hlen(k.snapshots(uuid))
                 pipe.zcard(k.by_time(uuid))
                 pipe.hget(k.meta(uuid), "current")
-                if limit != 0:
-                    stop = -1 if limit is None else offset + limit - 1
+                if limit is None:  # everything: one HVALS and a sort here beat ZRANGE+HMGET
+                    pipe.hvals(k.summaries(uuid))
+                elif limit:
                     rng = pipe.zrevrange if newest_first else pipe.zrange
-                    rng(k.by_time(uuid), offset, stop)
+                    rng(k.by_time(uuid), offset, offset + limit - 1)
                 total, indexed, current, *rest = pipe.execute()
             if total != indexed:
                 break  # records the index does not cover yet: list from the records
+            what = f"snapshots of {uuid}"
+            if limit is None:
+                if len(rest[0]) != total:
+                    continue  # a write in between: read again
+                every = _parsed(rest[0], what, sort=True)
+                if newest_first:
+                    every.reverse()
+                return SnapshotPage(total=int(total), offset=offset, current=current,
+                                    snapshots=every[offset:], newest_first=newest_first)
             names: list[str] = rest[0] if rest else []
             raws = self.r.hmget(k.summaries(uuid), names) if names else []
             if None in raws:
                 continue  # deleted between the two round trips: read the page again
             return SnapshotPage(total=int(total), offset=offset, current=current,
-                                snapshots=_parsed(raws, f"snapshots of {uuid}"),
-                                newest_first=newest_first)
+                                snapshots=_parsed(raws, what), newest_first=newest_first)
         recs = self.list_snapshots(uuid)
         if newest_first:
             recs.reverse()

@@ -484,22 +484,34 @@ class Store(IndexReads):
 
         Raises UnknownDomain, or HostUnavailable when the owning host has no live worker.
         """
-        uuid = ref.lower() if self.r.hexists(self.keys.index_uuid, ref.lower()) else None
-        if uuid is None:
-            found = self.r.hget(self.keys.index_name, ref)
-            uuid = str(found) if found else None
-        if uuid is None:
+        host, info = self.find_domain(ref)
+        if not self.host_alive(host):
+            raise HostUnavailable(
+                f"domain {ref!r} lives on host {host}, which has no live worker",
+                host=host, domain=info.uuid,
+            )
+        return host, info
+
+    @_translated
+    def find_domain(self, ref: str) -> tuple[str, DomainInfo]:
+        """:meth:`resolve_domain` without the liveness check, for reading a domain's
+        records (a host that is down does not hide them). A uuid is looked up first, then
+        a name; two round trips for a uuid, three for a name."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.index_uuid, ref.lower())
+            pipe.hget(self.keys.index_name, ref)
+            by_uuid, by_name = pipe.execute()
+        if by_uuid is not None:
+            uuid, host = ref.lower(), by_uuid
+        elif by_name:
+            uuid = str(by_name)
+            host = self.r.hget(self.keys.index_uuid, uuid)
+        else:
             raise UnknownDomain(f"unknown domain {ref!r}: no live host reports it", domain=ref)
-        host = self.r.hget(self.keys.index_uuid, uuid)
         inv = self.inventory(str(host)) if host else None
         info = next((d for d in inv.domains if d.uuid == uuid), None) if inv else None
-        if host is None or inv is None or info is None:
+        if inv is None or info is None:
             raise UnknownDomain(f"unknown domain {ref!r}: no live host reports it", domain=ref)
-        if not self.host_alive(inv.host):
-            raise HostUnavailable(
-                f"domain {ref!r} lives on host {inv.host}, which has no live worker",
-                host=inv.host, domain=uuid,
-            )
         return inv.host, info
 
     def ping(self) -> None:

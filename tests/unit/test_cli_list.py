@@ -224,3 +224,26 @@ def test_short_snapshot_list_imports_none_of_them(tcp: tuple[str, Store]) -> Non
     # what the fast path does not handle goes the full way, with the same answer
     mods, out = imported(["snapshot-list", "-l", "--limit", "1", "web1"], env(url))
     assert "pydantic" in mods and "description: number 0" in out
+
+
+def test_resp_replies_split_anywhere_parse_the_same() -> None:
+    """The fast path's RESP2 reader, fed a byte at a time and in odd chunks."""
+    big = "é" * 3000
+    stream = (b"*5\r\n$1\r\na\r\n$-1\r\n:42\r\n*2\r\n+OK\r\n$" + str(len(big.encode())).encode()
+              + b"\r\n" + big.encode() + b"\r\n$0\r\n\r\n" + b"$3\r\nxyz\r\n" + b"-ERR no\r\n")
+    def feed(sock: socket.socket, chunk: int) -> None:
+        for i in range(0, len(stream), chunk):
+            sock.sendall(stream[i:i + chunk])
+
+    for chunk in (1, 7, 4096):
+        a, b = socket.socketpair()
+        sent = threading.Thread(target=feed, args=(b, chunk))
+        sent.start()
+        conn = fastlist._Conn(a)
+        assert conn._read() == ["a", None, 42, ["OK", big], ""]
+        assert conn._read() == "xyz"
+        with pytest.raises(fastlist._GiveUp):
+            conn._read()
+        sent.join()
+        conn.close()
+        b.close()

@@ -73,9 +73,8 @@ def test_summary_of_a_record() -> None:
                                 type="external+internal", disks=2, size_bytes=1300)
     bare = summary_of(rec("b"))
     assert (bare.type, bare.disks, bare.size_bytes, bare.parent) == (None, 0, None, None)
-    assert json.loads(bare.to_json()) == {"name": "b", "created_at": 1.0,
-                                          "domain_state": "running", "disk_only": True,
-                                          "disks": 0, "v": 1}
+    assert json.loads(bare.to_json()) == ["b", 1.0, "running", True, None, None, None, 0,
+                                          None, None, 1]
 
 
 def test_summary_is_small() -> None:
@@ -205,17 +204,18 @@ def test_page_read_again_after_a_delete_in_between(monkeypatch: pytest.MonkeyPat
         return real(key, names)
 
     monkeypatch.setattr(r, "hmget", racing)
-    assert [s.name for s in store.snapshot_page(U).snapshots] == ["b"]
+    assert [s.name for s in store.snapshot_page(U, limit=10).snapshots] == ["b"]
     assert calls == [["a", "b"], ["b"]]
 
 
 @pytest.mark.parametrize("raw, error", [
     ("not json", BackendError), ("[1]", BackendError), ('{"v": 1}', BackendError),
-    ('{"v": 1, "name": "a", "created_at": 1, "domain_state": "running", "disk_only": 1}',
-     BackendError),
-    ('{"v": 1, "name": "a", "created_at": 1, "domain_state": "x", "disk_only": true, '
-     '"extra": 1}', BackendError),
-    ('{"v": 2, "name": "a"}', SchemaMismatch)])
+    ("[]", BackendError), ("1, 2", BackendError),
+    ('["a", 1, "running", 1, null, null, null, 0, null, null, 1]', BackendError),
+    ('["a", "1", "running", true, null, null, null, 0, null, null, 1]', BackendError),
+    ('["a", 1, "running", true, null, null, null, 0, null, null, null, 1]', BackendError),
+    ('["a", 1, "running", true, null, null, null, 0, null, null, 2]', SchemaMismatch),
+    ('["a", 1, "running", true, null, null, null, 0, null, null, "x", 2]', SchemaMismatch)])
 def test_bad_summaries_are_domsnap_errors(raw: str, error: type[Exception]) -> None:
     r, store = fresh()
     store.commit_snapshot(rec("a"))
@@ -246,3 +246,24 @@ def test_fsck_reports_and_repairs_an_index_mismatch() -> None:
     assert len(found) == 1 and found[0].repairable
     assert not [f for f in check(DomainFacts(uuid=U, host="h1", snapdir="/x"))
                 if f.kind == "index_mismatch"]
+
+
+def test_find_domain_does_not_need_a_live_host() -> None:
+    """Listing reads records of a domain whose host is down (Client._find)."""
+    import time
+
+    from domsnap.errors import HostUnavailable, UnknownDomain
+    from schemas.models import DomainInfo, HostInventory
+
+    _, store = fresh()
+    store.publish_inventory(HostInventory(host="h1", driver="qemu", published_at=time.time(),
+                                          domains=[DomainInfo(uuid=U, name="domu",
+                                                              state="running")]), 5,
+                            alive=False)
+    with pytest.raises(HostUnavailable):
+        store.resolve_domain("domu")
+    for ref in ("domu", U, U.upper()):
+        assert store.find_domain(ref) == ("h1", DomainInfo(uuid=U, name="domu",
+                                                           state="running"))
+    with pytest.raises(UnknownDomain):
+        store.find_domain("nosuch")
