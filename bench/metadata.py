@@ -37,16 +37,14 @@ PAGE = 20
 
 
 def record(i: int) -> SnapshotRecord:
-    """A record shaped like a real memory + two-disk snapshot of a PV domain."""
-    img = f"/var/lib/xen/images/{DOM}"
+    """A record shaped like a real memory + two-disk snapshot of a PV domain (about
+    1.1 KB of JSON, as the issue measured)."""
+    img = "/srv/xen/web01"
     cfg = DomainConfig(
         name="bench-web-01", uuid=DOM, type="pv", memory=2048, vcpus=2,
-        kernel="/var/lib/xen/boot/vmlinuz-6.1.0-28-amd64",
-        ramdisk="/var/lib/xen/boot/initrd.img-6.1.0-28-amd64",
-        extra="root=/dev/xvda1 ro console=hvc0 quiet",
+        kernel="/boot/vmlinuz-6.1", ramdisk="/boot/initrd-6.1", extra="console=hvc0",
         disks=[DiskSpec(vdev="xvda", target=f"{img}/root.qcow2", format="qcow2"),
-               DiskSpec(vdev="xvdb", target=f"{img}/data.qcow2", format="qcow2")],
-        other={"vif": ["bridge=xenbr0,mac=00:16:3e:12:34:56"], "on_crash": "restart"})
+               DiskSpec(vdev="xvdb", target=f"{img}/data.qcow2", format="qcow2")])
     disks = [DiskSnapshot(vdev=d.vdev, type="internal", format="qcow2", file=str(d.target),
                           strategy="qmp", duration_ms=3.2, size_bytes=1_073_741_824)
              for d in cfg.disks]
@@ -54,7 +52,7 @@ def record(i: int) -> SnapshotRecord:
         name=f"daily-{i:07d}", domain=DOM, domain_name=cfg.name, host="bench-host-01",
         driver="xl", description="nightly backup", created_at=1_700_000_000.0 + 60.0 * i,
         domain_state="running", disk_only=False,
-        memory_file=f"/var/lib/xen/snapshots/{DOM}/daily-{i:07d}.save",
+        memory_file=f"/var/lib/xen/snapshots/{DOM[:8]}/daily-{i:07d}.save",
         memory_bytes=2_147_483_648, memory_save_ms=812.5, pause_ms=14.2,
         parent=f"daily-{i - 1:07d}" if i else None, disks=disks, domain_config=cfg,
         job_id="3f2504e0-4f89-41d3-9a0c-0305e82c3301", policy="nightly")
