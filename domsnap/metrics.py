@@ -99,11 +99,12 @@ class DomsnapCollector(Collector):
             for dom in inv.domains if inv else []:
                 if self.store.r.hget(self.store.keys.index_uuid, dom.uuid) not in (None, host):
                     continue
-                recs = self.store.list_snapshots(dom.uuid)
+                # the summaries carry what these need (size, policy, time): a scrape
+                # does not parse every full record of the fleet
+                recs = self.store.snapshot_page(dom.uuid).snapshots
                 lv = [dom.uuid, dom.name, host]
                 count.add_metric(lv, len(recs))
-                size.add_metric(lv, float(sum((r.memory_bytes or 0) + sum(
-                    d.size_bytes or 0 for d in r.disks) for r in recs)))
+                size.add_metric(lv, float(sum(r.size_bytes or 0 for r in recs)))
                 if recs:
                     last.add_metric(lv, max(r.created_at for r in recs))
                 newest: dict[str, float] = {}

@@ -91,6 +91,9 @@ def test_summary_is_small() -> None:
 def test_summaries_round_trip(recs: list[SnapshotRecord]) -> None:
     sums = [summary_of(r) for r in recs]
     assert parse_summaries([s.to_json() for s in sums]) == sums
+    for r, s in zip(recs, sums, strict=True):  # what domsnap_snapshot_bytes adds up
+        assert (s.size_bytes or 0) == (r.memory_bytes or 0) + sum(d.size_bytes or 0
+                                                                  for d in r.disks)
 
 
 # ---------------------------------------------------------------- generated write sequences
