@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -65,6 +64,8 @@ def _positive_seconds(_ctx: click.Context, param: click.Parameter,
 
 def _job_id_arg(_ctx: click.Context, param: click.Parameter, value: str) -> str:
     """A job id as printed by domsnap (any UUID spelling is read as its canonical form)."""
+    import uuid as uuidlib  # here: uuid imports platform, which start-up can do without
+
     try:
         return str(uuidlib.UUID(value))
     except ValueError:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,8 @@ FSCK_REPAIRED = 12
 
 
 def _fsck_local(domain: str | None, repair: bool) -> list[FsckReport]:
+    import uuid as uuidlib
+
     from domsnap.client import os_user
     from domsnap.settings import get_settings
     from schemas.models import FsckRequest

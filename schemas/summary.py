@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import operator
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from schemas import SCHEMA_VERSION
@@ -134,8 +133,7 @@ def parse_summaries(raws: list[str], *, sort: bool = False) -> list[SnapshotSumm
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotPage:
+class SnapshotPage(NamedTuple):
     """A page of a domain's snapshots in creation order (oldest first unless
     ``newest_first``): ``total`` counts all of them, ``offset`` is where it starts."""
 
