@@ -2,12 +2,13 @@
 the default prefix; tests/integration/test_acl.py proves each user can do its part
 and nothing more, on a real Redis).
 
-- ``reader``: read-only: snapshot records, current pointers, job records and events,
-  inventory, the audit stream. Writes nothing.
+- ``reader``: read-only: snapshot records (and their summaries and by-time index),
+  current pointers, job records and events, inventory, the audit stream. Writes nothing.
 - ``submitter``: a control plane. Reads what the reader reads; creates job records
   (and their cancel flags), claims snapshot names and request ids, appends to the
-  audit stream, and enqueues onto host queues. Cannot write snapshot records, the
-  ``current`` pointer, locks, the inventory or the index.
+  audit stream, and enqueues onto host queues. Cannot write snapshot records (nor their
+  summaries and by-time index), the ``current`` pointer, locks, the inventory or the
+  index.
 - ``worker``: a host's ``domsnap worker``: every domsnap key and Celery's broker and
   result keys; no dangerous commands (FLUSHALL, CONFIG, KEYS, DEBUG, ...).
 

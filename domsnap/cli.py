@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -20,7 +19,11 @@ from typing import Any, TypeVar
 import click
 
 from domsnap.errors import DomsnapError, InvalidInput, NotFound, OperationFailed, from_dict
-from domsnap.settings import get_settings, reset_settings
+
+# Start-up: this module and the command modules it registers import only click, the
+# stdlib and domsnap.errors at the top; settings (pydantic-settings), the client (redis,
+# pydantic), Celery and the workers are imported inside the commands that use them, so
+# `domsnap --help` and a short `snapshot-list` start fast (issue 11, docs/benchmarks.md).
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +64,8 @@ def _positive_seconds(_ctx: click.Context, param: click.Parameter,
 
 def _job_id_arg(_ctx: click.Context, param: click.Parameter, value: str) -> str:
     """A job id as printed by domsnap (any UUID spelling is read as its canonical form)."""
+    import uuid as uuidlib  # here: uuid imports platform, which start-up can do without
+
     try:
         return str(uuidlib.UUID(value))
     except ValueError:
@@ -84,8 +89,12 @@ class _Group(click.Group):
 
 def _client() -> Any:
     from domsnap.client import Client
+    from domsnap.settings import get_settings
 
     return Client(get_settings())
+
+
+_configured_client = _client  # see snapshot_list: the fast read path is for this one only
 
 
 def _dumps(data: Any) -> str:
@@ -205,24 +214,65 @@ def snapshot_create(name: str | None, disk_only: bool, description: str | None,
 @main.command("snapshot-list")
 @click.option("-l", "--long", "long_", is_flag=True, help="Full information.")
 @click.option("-n", "--name", help="Only this snapshot.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="At most N snapshots (default: all).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Skip the first N snapshots (in the order shown).")
+@click.option("--newest-first", is_flag=True, help="Newest first (default: oldest first).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: the full records (of the page).")
 @click.argument("domain")
-def snapshot_list(long_: bool, name: str | None, as_json: bool, domain: str) -> None:
-    """List DOMAIN's snapshots (from Redis: no queue round trip)."""
-    client = _client()
-    with _as_typed(domain):
-        recs = [client.snapshot(domain, name)] if name is not None else client.snapshots(domain)
-        current = client.current(domain)
+def snapshot_list(long_: bool, name: str | None, limit: int | None, offset: int,
+                  newest_first: bool, as_json: bool, domain: str) -> None:
+    """List DOMAIN's snapshots in creation order (from Redis: no queue round trip).
+
+    The short form reads only the snapshots' summaries, a page at a time with
+    --limit/--offset; -l and --json read the full records of what they show.
+    """
+    page = None
+    if not (long_ or as_json) and _client is _configured_client:
+        from domsnap import fastlist  # stdlib only: no pydantic, redis-py or settings
+
+        with _as_typed(domain):
+            page = fastlist.page(domain, name=name, offset=offset, limit=limit,
+                                 newest_first=newest_first)
+    client: Any = None
+    if page is None:
+        from schemas.summary import SnapshotPage
+
+        client = _client()
+        with _as_typed(domain):
+            if name is not None:
+                one = client.snapshot_summary(domain, name)
+                page = SnapshotPage(total=1, offset=0, current=client.current(domain),
+                                    snapshots=[one])
+            else:
+                page = client.snapshot_page(domain, offset=offset, limit=limit,
+                                            newest_first=newest_first)
+    recs: dict[str, Any] = {}
+    if long_ or as_json:
+        with _as_typed(domain):
+            got = client.snapshot_records(domain, [s.name for s in page.snapshots])
+        recs = {r.name: r for r in got}
     if as_json:
-        click.echo(_dumps({"current": current,
-                           "snapshots": [r.model_dump(mode="json") for r in recs]}))
+        click.echo(_dumps({"current": page.current, "total": page.total,
+                           "snapshots": [recs[s.name].model_dump(mode="json")
+                                         for s in page.snapshots if s.name in recs]}))
         return
+    _print_list(page, recs)
+    shown = len(page.snapshots)
+    if name is None and (page.offset or shown < page.total):
+        click.echo(f"({shown} of {page.total} snapshots, from offset {page.offset})", err=True)
+
+
+def _print_list(page: Any, recs: dict[str, Any]) -> None:
     click.echo(f"{'Name':<24} {'Creation Time':<20} {'State':<8} {'Disk-only':<9}")
-    for r in recs:
-        mark = "*" if r.name == current else " "
-        click.echo(f"{r.name:<23}{mark} {_when(r.created_at):<20} {r.domain_state:<8} "
-                   f"{'yes' if r.disk_only else 'no':<9}")
-        if long_:
+    for s in page.snapshots:
+        mark = "*" if s.name == page.current else " "
+        click.echo(f"{s.name:<23}{mark} {_when(s.created_at):<20} {s.domain_state:<8} "
+                   f"{'yes' if s.disk_only else 'no':<9}")
+        r = recs.get(s.name)
+        if r is not None:  # -l
             click.echo(f"    description: {r.description or ''}")
             click.echo(f"    memory file: {r.memory_file or '-'}")
             click.echo(f"    parent:      {r.parent or '-'}")
@@ -331,6 +381,8 @@ def worker(host: str | None, driver: str | None, concurrency: int | None,
                        ("INFLIGHT_CONCURRENCY", inflight_concurrency)):
         if value is not None:
             os.environ[f"DOMSNAP_{key}"] = str(value)
+    from domsnap.settings import get_settings, reset_settings
+
     reset_settings()
     sys.exit(run(get_settings(), loglevel=loglevel))
 
@@ -341,6 +393,7 @@ def worker(host: str | None, driver: str | None, concurrency: int | None,
 def _local(*, qemu_only: str | None = None) -> Any:
     """This host's driver. ``qemu_only``: the command, if only the qemu driver has it
     (on a dom0, xl creates and forgets domains)."""
+    from domsnap.settings import get_settings
     from workers.host import build_host
 
     host = build_host(get_settings())

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import functools
 import sys
-import uuid as uuidlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from domsnap.cli import _client, _dumps, _fail, _when, main
 from domsnap.errors import Conflict, DomsnapError, from_dict
-from domsnap.settings import get_settings
-from schemas.models import AuditEntry, FsckReport
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without pydantic (domsnap/cli.py)
+    from schemas.models import FsckReport
 
 FSCK_PROBLEMS = 11
 FSCK_REPAIRED = 12
@@ -33,7 +33,10 @@ FSCK_REPAIRED = 12
 
 
 def _fsck_local(domain: str | None, repair: bool) -> list[FsckReport]:
+    import uuid as uuidlib
+
     from domsnap.client import os_user
+    from domsnap.settings import get_settings
     from schemas.models import FsckRequest
     from workers.engine.fsck_run import run_fsck
     from workers.host import build_host
@@ -145,6 +148,7 @@ def job_cancel(no_wait: bool, timeout: float | None, as_json: bool, job_id: str)
 def audit(limit: int, local: bool, as_json: bool) -> None:
     """The audit log of mutating operations: who, what, when, outcome (oldest first)."""
     if local:
+        from domsnap.settings import get_settings
         from workers.hostio.auditlog import read
 
         entries = read(get_settings().state_dir, limit)
@@ -166,6 +170,7 @@ def audit(limit: int, local: bool, as_json: bool) -> None:
 
 def _record(op: str, outcome: str, target: str | None, error: str | None) -> None:
     from domsnap.client import os_user
+    from domsnap.settings import get_settings
     from domsnap.store import Store
     from workers.engine.audit import record
 
@@ -204,4 +209,4 @@ for _name in ("domain-create", "domain-start", "domain-destroy", "domain-pause",
     if _cmd is not None and _cmd.callback is not None:
         _cmd.callback = _audited(_name, _cmd.callback)
 
-__all__ = ["AuditEntry", "FSCK_PROBLEMS", "FSCK_REPAIRED", "fsck_exit_code"]
+__all__ = ["FSCK_PROBLEMS", "FSCK_REPAIRED", "fsck_exit_code"]

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from domsnap.cli import _client, _dumps, _when, main
-from domsnap.policies import parse_labels
-from domsnap.settings import get_settings
-from schemas.policy import Policy, PolicyRun
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without pydantic (domsnap/cli.py)
+    from schemas.policy import Policy, PolicyRun
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    """:func:`domsnap.policies.parse_labels`, imported when a command needs it."""
+    from domsnap.policies import parse_labels as parse
+
+    return parse(items)
 
 _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -252,6 +259,7 @@ def prune(policy: str | None, dry_run: bool, as_json: bool, domain: str | None) 
 @click.option("--loglevel", default="INFO", show_default=True)
 def scheduler(concurrency: int, metrics_port: int | None, loglevel: str) -> None:
     """Run the policy scheduler: Celery beat (celery-redbeat) + the policy-run worker."""
+    from domsnap.settings import get_settings
     from workers.scheduler import run
 
     settings = get_settings()

@@ -40,6 +40,7 @@ from schemas.models import (
     RevertRequest,
     SnapshotRecord,
 )
+from schemas.summary import SnapshotPage, SnapshotSummary
 
 EventHandler = Callable[[JobEvent], None]
 AnyRequest = CreateRequest | RevertRequest | DeleteRequest
@@ -78,6 +79,26 @@ class Client:
         _, info = self._find(domain)
         return self.store.get_snapshot(info.uuid, name)
 
+    def snapshot_page(self, domain: str, *, offset: int = 0, limit: int | None = None,
+                      newest_first: bool = False) -> SnapshotPage:
+        """A page of the domain's snapshot summaries in creation order, with the total
+        and the current snapshot: what a listing needs, at a cost that does not grow
+        with the number of snapshots (:meth:`snapshots` reads every full record)."""
+        _, info = self._find(domain)
+        return self.store.snapshot_page(info.uuid, offset=offset, limit=limit,
+                                        newest_first=newest_first)
+
+    def snapshot_summary(self, domain: str, name: str) -> SnapshotSummary:
+        """One snapshot's summary (UnknownSnapshot if there is none)."""
+        _, info = self._find(domain)
+        return self.store.snapshot_summary(info.uuid, name)
+
+    def snapshot_records(self, domain: str, names: list[str]) -> list[SnapshotRecord]:
+        """The full records of ``names`` (e.g. a page's), in that order; names deleted
+        meanwhile are left out."""
+        _, info = self._find(domain)
+        return self.store.get_snapshots(info.uuid, names)
+
     def current(self, domain: str) -> str | None:
         _, info = self._find(domain)
         return self.store.current(info.uuid)
@@ -87,15 +108,7 @@ class Client:
 
     def _find(self, domain: str) -> tuple[str, DomainInfo]:
         """Like resolve, but a host that is down does not hide its records."""
-        from domsnap.errors import HostUnavailable
-
-        try:
-            return self.store.resolve_domain(domain)
-        except HostUnavailable as exc:
-            inv = self.store.inventory(str(exc.details["host"]))
-            assert inv is not None
-            info = next(d for d in inv.domains if d.uuid == exc.details["domain"])
-            return inv.host, info
+        return self.store.find_domain(domain)
 
     # ------------------------------------------------------------ submitting
 

@@ -20,6 +20,16 @@ class Keys:
         """hash: snapshot name -> SnapshotRecord JSON (only ready snapshots)."""
         return self._dom(uuid) + ":snapshots"
 
+    def summaries(self, uuid: str) -> str:
+        """hash: snapshot name -> SnapshotSummary JSON (schemas/summary.py), written with
+        the record in the same atomic write: what a listing reads."""
+        return self._dom(uuid) + ":summaries"
+
+    def by_time(self, uuid: str) -> str:
+        """sorted set: snapshot names scored by created_at (ties by name): the order and
+        the pages of a listing."""
+        return self._dom(uuid) + ":bytime"
+
     def meta(self, uuid: str) -> str:
         """hash: current -> name of the domain's current snapshot."""
         return self._dom(uuid) + ":meta"

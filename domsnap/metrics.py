@@ -23,7 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from domsnap.policies import PolicyStore, policy_period_s
-from domsnap.store import Store, _translated
+from domsnap.store import Store
+from domsnap.storebase import _translated
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -98,11 +99,12 @@ class DomsnapCollector(Collector):
             for dom in inv.domains if inv else []:
                 if self.store.r.hget(self.store.keys.index_uuid, dom.uuid) not in (None, host):
                     continue
-                recs = self.store.list_snapshots(dom.uuid)
+                # the summaries carry what these need (size, policy, time): a scrape
+                # does not parse every full record of the fleet
+                recs = self.store.snapshot_page(dom.uuid).snapshots
                 lv = [dom.uuid, dom.name, host]
                 count.add_metric(lv, len(recs))
-                size.add_metric(lv, float(sum((r.memory_bytes or 0) + sum(
-                    d.size_bytes or 0 for d in r.disks) for r in recs)))
+                size.add_metric(lv, float(sum(r.size_bytes or 0 for r in recs)))
                 if recs:
                     last.add_metric(lv, max(r.created_at for r in recs))
                 newest: dict[str, float] = {}

@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from domsnap.errors import Conflict, InvalidInput, NotFound, UnknownSnapshot
-from domsnap.store import Store, _load, _translated
+from domsnap.store import Store
+from domsnap.storebase import _load, _translated
 from domsnap.validation import parse_model
 from schemas.models import DomainInfo
 from schemas.policy import LABEL_KEY_RE, Policy, PolicyRun, check_policy_name

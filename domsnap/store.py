@@ -7,29 +7,26 @@ use Lua scripts or MULTI/EXEC on keys of one hash tag.
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import redis
 from pydantic import ValidationError
 
 from domsnap.errors import (
-    BackendError,
     DomainLocked,
     HostUnavailable,
     InvalidInput,
     LockLost,
-    SchemaMismatch,
     SnapshotExists,
     StoreUnavailable,
     UnknownDomain,
     UnknownJob,
-    UnknownSnapshot,
 )
 from domsnap.keys import Keys
+from domsnap.snapindex import IndexReads
+from domsnap.storebase import _load, _translated
 from schemas.models import (
     AuditEntry,
     DomainInfo,
@@ -38,8 +35,7 @@ from schemas.models import (
     JobRecord,
     SnapshotRecord,
 )
-
-P = ParamSpec("P")
+from schemas.summary import summary_of
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,6 @@ class Fence:
     job_id: str
     token: int
 
-T = TypeVar("T")
 
 # KEYS: snapshots, reserved. ARGV: name, job_id
 _RESERVE = """
@@ -99,18 +94,26 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return 1
 """
 # A fenced write of a domain's records: done only while the lock is the caller's.
-# KEYS: lock, lock token, snapshots, meta, reserved.
+# Every record write or delete also writes or deletes its summary and its place in the
+# creation-time index (domsnap/snapindex.py), in this same script.
+# KEYS: lock, lock token, snapshots, meta, reserved, summaries, by-time index.
 # ARGV: job_id, token, name to delete or '', current ('keep' | 'del' | 'set:NAME'),
-#       reserved name to drop or '', then name/json pairs to write.
+#       reserved name to drop or '', then name/json/summary/created_at quadruples.
 _FENCED_WRITE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
   return 0
 end
-if ARGV[3] ~= '' then redis.call('HDEL', KEYS[3], ARGV[3]) end
+if ARGV[3] ~= '' then
+  redis.call('HDEL', KEYS[3], ARGV[3])
+  redis.call('HDEL', KEYS[6], ARGV[3])
+  redis.call('ZREM', KEYS[7], ARGV[3])
+end
 local i = 6
 while i < #ARGV do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  i = i + 2
+  redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 2])
+  redis.call('ZADD', KEYS[7], ARGV[i + 3], ARGV[i])
+  i = i + 4
 end
 if ARGV[4] == 'del' then redis.call('HDEL', KEYS[4], 'current')
 elseif string.sub(ARGV[4], 1, 4) == 'set:' then
@@ -133,31 +136,9 @@ return 0
 """
 
 
-def _translated(fn: Callable[P, T]) -> Callable[P, T]:
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis: {exc}") from exc
-
-    return wrapper
-
-
-def _load(model: type[T], raw: str | bytes, what: str) -> T:
-    """A record from its JSON; another schema version is SchemaMismatch, anything else
-    that does not parse is a corrupt record (BackendError), never a pydantic error."""
-    try:
-        return model.model_validate_json(raw)  # type: ignore[attr-defined, no-any-return]
-    except ValidationError as exc:
-        for err in exc.errors():
-            if tuple(err["loc"]) == ("schema_version",):
-                raise SchemaMismatch(f"{what}: {err['msg']}") from exc
-        raise BackendError(f"{what}: corrupt record in Redis: {exc.errors()[0]['msg']}") from exc
-
-
-class Store:
-    """Typed access to domsnap's Redis data."""
+class Store(IndexReads):
+    """Typed access to domsnap's Redis data (the snapshot index's reads and rebuild:
+    :class:`~domsnap.snapindex.IndexReads`)."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = "domsnap", job_ttl_s: int = 604800):
         # redis-py types every reply as ``T | Awaitable[T]`` (sync and async share stubs);
@@ -215,14 +196,22 @@ class Store:
                 reserved: str = "", records: list[SnapshotRecord] | None = None) -> None:
         args: list[str] = [fence.job_id, str(fence.token), delete, current, reserved]
         for rec in records or []:
-            args += [rec.name, rec.model_dump_json()]
+            args += [rec.name, rec.model_dump_json(), summary_of(rec).to_json(),
+                     repr(rec.created_at)]
         k = self.keys
         ok = self._fenced_write(keys=[k.lock(uuid), k.lock_token(uuid), k.snapshots(uuid),
-                                      k.meta(uuid), k.reserved(uuid)], args=args)
+                                      k.meta(uuid), k.reserved(uuid), k.summaries(uuid),
+                                      k.by_time(uuid)], args=args)
         if not ok:
             raise LockLost(f"job {fence.job_id} no longer holds the lock of domain {uuid} "
                            f"(token {fence.token}): its lease ran out or another attempt took "
                            "the job over; nothing was written", domain=uuid, job_id=fence.job_id)
+
+    def _put_record(self, pipe: Any, uuid: str, rec: SnapshotRecord) -> None:
+        """Queue a record's write with its summary and index entry (one MULTI/EXEC)."""
+        pipe.hset(self.keys.snapshots(uuid), rec.name, rec.model_dump_json())
+        pipe.hset(self.keys.summaries(uuid), rec.name, summary_of(rec).to_json())
+        pipe.zadd(self.keys.by_time(uuid), {rec.name: rec.created_at})
 
     @staticmethod
     def _current_arg(current: str | None | bool) -> str:
@@ -241,7 +230,7 @@ class Store:
                          reserved=record.name if job_id else "", records=[record])
             return
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.snapshots(uuid), record.name, record.model_dump_json())
+            self._put_record(pipe, uuid, record)
             pipe.hset(self.keys.meta(uuid), "current", record.name)
             if job_id:
                 pipe.hdel(self.keys.reserved(uuid), record.name)
@@ -257,7 +246,7 @@ class Store:
             return
         with self.r.pipeline(transaction=True) as pipe:
             for rec in records:
-                pipe.hset(self.keys.snapshots(uuid), rec.name, rec.model_dump_json())
+                self._put_record(pipe, uuid, rec)
             if current is None:
                 pipe.hdel(self.keys.meta(uuid), "current")
             elif isinstance(current, str):
@@ -275,31 +264,15 @@ class Store:
             return
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hdel(self.keys.snapshots(uuid), name)
+            pipe.hdel(self.keys.summaries(uuid), name)
+            pipe.zrem(self.keys.by_time(uuid), name)
             for rec in updated:
-                pipe.hset(self.keys.snapshots(uuid), rec.name, rec.model_dump_json())
+                self._put_record(pipe, uuid, rec)
             if current is None:
                 pipe.hdel(self.keys.meta(uuid), "current")
             else:
                 pipe.hset(self.keys.meta(uuid), "current", current)
             pipe.execute()
-
-    @_translated
-    def get_snapshot(self, uuid: str, name: str) -> SnapshotRecord:
-        raw = self.r.hget(self.keys.snapshots(uuid), name)
-        if raw is None:
-            raise UnknownSnapshot(f"no snapshot {name!r} on domain {uuid}", name=name, domain=uuid)
-        return _load(SnapshotRecord, raw, f"snapshot {name}")
-
-    @_translated
-    def list_snapshots(self, uuid: str) -> list[SnapshotRecord]:
-        raw = self.r.hgetall(self.keys.snapshots(uuid))
-        recs = [_load(SnapshotRecord, v, f"snapshot {k}") for k, v in raw.items()]
-        return sorted(recs, key=lambda r: (r.created_at, r.name))
-
-    @_translated
-    def current(self, uuid: str) -> str | None:
-        value = self.r.hget(self.keys.meta(uuid), "current")
-        return str(value) if value is not None else None
 
     # ------------------------------------------------------------ locks
 
@@ -511,22 +484,34 @@ class Store:
 
         Raises UnknownDomain, or HostUnavailable when the owning host has no live worker.
         """
-        uuid = ref.lower() if self.r.hexists(self.keys.index_uuid, ref.lower()) else None
-        if uuid is None:
-            found = self.r.hget(self.keys.index_name, ref)
-            uuid = str(found) if found else None
-        if uuid is None:
+        host, info = self.find_domain(ref)
+        if not self.host_alive(host):
+            raise HostUnavailable(
+                f"domain {ref!r} lives on host {host}, which has no live worker",
+                host=host, domain=info.uuid,
+            )
+        return host, info
+
+    @_translated
+    def find_domain(self, ref: str) -> tuple[str, DomainInfo]:
+        """:meth:`resolve_domain` without the liveness check, for reading a domain's
+        records (a host that is down does not hide them). A uuid is looked up first, then
+        a name; two round trips for a uuid, three for a name."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.index_uuid, ref.lower())
+            pipe.hget(self.keys.index_name, ref)
+            by_uuid, by_name = pipe.execute()
+        if by_uuid is not None:
+            uuid, host = ref.lower(), by_uuid
+        elif by_name:
+            uuid = str(by_name)
+            host = self.r.hget(self.keys.index_uuid, uuid)
+        else:
             raise UnknownDomain(f"unknown domain {ref!r}: no live host reports it", domain=ref)
-        host = self.r.hget(self.keys.index_uuid, uuid)
         inv = self.inventory(str(host)) if host else None
         info = next((d for d in inv.domains if d.uuid == uuid), None) if inv else None
-        if host is None or inv is None or info is None:
+        if inv is None or info is None:
             raise UnknownDomain(f"unknown domain {ref!r}: no live host reports it", domain=ref)
-        if not self.host_alive(inv.host):
-            raise HostUnavailable(
-                f"domain {ref!r} lives on host {inv.host}, which has no live worker",
-                host=inv.host, domain=uuid,
-            )
         return inv.host, info
 
     def ping(self) -> None:

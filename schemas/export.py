@@ -32,6 +32,7 @@ from schemas.models import (
     SnapshotRecord,
 )
 from schemas.policy import Policy, PolicyRun
+from schemas.summary import SnapshotSummary
 
 BASE_ID = "https://domsnap.invalid/schemas/"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -52,6 +53,9 @@ SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
         "domsnap request (create, revert or delete; discriminated by op)", _request),
     "job.schema.json": ("domsnap job record", _model(JobRecord)),
     "snapshot.schema.json": ("domsnap snapshot record", _model(SnapshotRecord)),
+    "snapshot-summary.schema.json": (
+        "domsnap snapshot summary (the :summaries hash: what a listing reads; null fields "
+        "are left out)", lambda: TypeAdapter(SnapshotSummary).json_schema()),
     "event.schema.json": ("domsnap job event", _model(JobEvent)),
     "inventory.schema.json": ("domsnap host inventory", _model(HostInventory)),
     "snapshot-config.schema.json": ("domsnap xl.snapshot.cfg", _model(SnapshotConfig)),

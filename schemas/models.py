@@ -350,6 +350,7 @@ FsckKind = Literal[
     "current_mismatch",  # the current pointer is missing, dangling or disagrees
     "parent_missing",  # a record's parent is no snapshot
     "unreadable",  # qemu-img could not read an image, or a sidecar does not parse
+    "index_mismatch",  # the snapshot summaries / by-time index do not match the records
 ]
 
 

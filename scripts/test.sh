@@ -46,6 +46,10 @@ run_suite integration .venv/bin/pytest -q -p no:cacheprovider "${ignore[@]}" $I
 run_suite reliability .venv/bin/pytest -q -p no:cacheprovider "${RELIABILITY[@]}"
 run_suite schedule .venv/bin/pytest -q -p no:cacheprovider "${SCHEDULE[@]}"
 run_suite vm .venv/bin/pytest -q -p no:cacheprovider tests/vm
+# issue 11: the benchmarks' quick mode, so their code cannot rot (no timing is checked;
+# --no-write leaves docs/benchmarks.md alone)
+run_suite bench bash -c '.venv/bin/python -m bench.metadata --quick --no-write >/dev/null \
+    && .venv/bin/python -m bench.startup --quick --no-write >/dev/null'
 
 echo
 echo "===== suite times ====="

@@ -105,6 +105,8 @@ def test_worker_and_submitter_run_a_create_end_to_end(cluster: Cluster, users: d
                                                          published_at=time.time(), domains=[]),
                   5.0)
     assert [r.name for r in reader.snapshots(dom.name)] == ["by-ctl"]
+    assert [s.name for s in reader.snapshot_page(dom.name).snapshots] == ["by-ctl"]
+    assert reader.store.index_matches(dom.uuid)  # the worker's user wrote the index
     assert reader.store.lock_owner(dom.uuid) is None
     # the worker's own user deletes it (and wrote everything the create needed)
     succeeded(submit, submit.delete(dom.name, "by-ctl"))
@@ -118,7 +120,10 @@ def test_reader_only_reads(cluster: Cluster, users: dict[str, str]) -> None:
     assert r.hgetall(k.snapshots(uuid)) == {}
     assert r.get(k.job("11111111-1111-4111-8111-111111111111")) is None
     r.xrevrange(k.audit, count=1)
+    assert r.hgetall(k.summaries(uuid)) == {} and r.zrange(k.by_time(uuid), 0, -1) == []
     for fn, args in ((r.hset, (k.snapshots(uuid), "x", "{}")), (r.set, (k.lock(uuid), "j")),
+                     (r.hset, (k.summaries(uuid), "x", "[]")),
+                     (r.zadd, (k.by_time(uuid), {"x": 1.0})),
                      (r.set, (k.job("j"), "{}")), (r.lpush, ("domsnap.host.h", "m")),
                      (r.hset, (k.reserved(uuid), "x", "j")), (r.flushdb, ()),
                      (r.get, ("not-domsnap:key",))):
@@ -131,6 +136,8 @@ def test_submitter_cannot_reach_outside_its_part(cluster: Cluster,
     k = Store.from_url(REDIS_URL, prefix=cluster.prefix).keys
     uuid = "4d7dea0d-7a6f-43eb-b256-340075ce6ec9"
     for fn, args in ((r.hset, (k.meta(uuid), "current", "x")), (r.delete, (k.snapshots(uuid),)),
+                     (r.hset, (k.summaries(uuid), "x", "[]")),
+                     (r.zadd, (k.by_time(uuid), {"x": 1.0})), (r.delete, (k.by_time(uuid),)),
                      (r.hset, (k.index_name, "x", uuid)), (r.set, (k.alive("h"), "1")),
                      (r.flushdb, ()), (r.keys, ("*",)), (r.config_get, ("*",)),
                      (r.set, ("not-domsnap:key", "1"))):

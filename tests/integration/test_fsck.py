@@ -64,7 +64,8 @@ def test_damage_is_reported_then_repaired(cluster: Cluster, dom: Domain) -> None
     assert rc == 11
     assert kinds(reports, dom.uuid) == sorted([
         ("current_mismatch", "nosuch"), ("orphan_file", str(snapdir / "junk.save")),
-        ("orphan_file", str(orphan)), ("record_missing", "s2"), ("sidecar_missing", "s1")])
+        ("orphan_file", str(orphan)), ("record_missing", "s2"), ("sidecar_missing", "s1"),
+        ("index_mismatch", None)])  # s2's summary outlived its record
     assert all(f["repairable"] and not f["repaired"] for f in reports[0]["findings"])
     assert sorted(p.name for p in snapdir.iterdir()) == before  # nothing touched
 
@@ -75,9 +76,28 @@ def test_damage_is_reported_then_repaired(cluster: Cluster, dom: Domain) -> None
     assert (snapdir / "s1.json").exists()
     assert client.store.get_snapshot(dom.uuid, "s2") == s2
     assert client.current(dom.name) == "s2"  # the host's copy of current won
+    assert client.store.index_matches(dom.uuid)
     assert fsck(dom, dom.name)[0] == 0
     entry = client.audit(5)[-1]
     assert (entry.op, entry.outcome, entry.domain) == ("fsck-repair", "succeeded", dom.uuid)
+
+
+def test_records_from_before_the_summary_index_are_indexed_by_repair(cluster: Cluster,
+                                                                      dom: Domain) -> None:
+    """Records written before the index existed (issue 11): listed all the same, and
+    fsck --repair builds their summaries and by-time index."""
+    client = cluster.client()
+    keys = client.store.keys
+    want = [s.name for s in client.snapshot_page(dom.name).snapshots]
+    cluster.redis.delete(keys.summaries(dom.uuid), keys.by_time(dom.uuid))
+    assert [s.name for s in client.snapshot_page(dom.name).snapshots] == want
+    rc, reports = fsck(dom, dom.name)
+    assert (rc, kinds(reports, dom.uuid)) == (11, [("index_mismatch", None)])
+    rc, reports = fsck(dom, "--repair", dom.name)
+    assert rc == 12 and all(f["repaired"] for f in reports[0]["findings"])
+    assert client.store.index_matches(dom.uuid) and client.store.index_complete(dom.uuid)
+    assert [s.name for s in client.snapshot_page(dom.name).snapshots] == want
+    assert fsck(dom, dom.name)[0] == 0
 
 
 def test_format_lie_and_user_images_are_reported_never_removed(cluster: Cluster,

@@ -36,10 +36,14 @@ def test_redis_and_sidecars_rebuild_each_other(cluster: Cluster) -> None:
     before = {r.name: r for r in client.snapshots(dom.name)}
     cluster.stop_worker(name)
     client.store.r.hdel(client.store.keys.snapshots(dom.uuid), "s1")  # Redis lost s1
+    # and s2's record is as a domsnap from before the summary index wrote it
+    client.store.r.delete(client.store.keys.summaries(dom.uuid),
+                          client.store.keys.by_time(dom.uuid))
     side2 = dom.host.snapshots / dom.uuid / "s2.json"
     side2.unlink()  # the host lost s2's sidecar
     cluster.start_worker(name)
     assert {r.name: r for r in client.snapshots(dom.name)} == before
+    assert client.store.index_matches(dom.uuid)  # the start-up reconcile rebuilt it
     assert side2.exists()
     assert before["s2"].model_dump_json(indent=2) == side2.read_text()
 

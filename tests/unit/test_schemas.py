@@ -245,7 +245,7 @@ def test_export_files_have_id_and_title() -> None:
         "request.schema.json", "job.schema.json", "snapshot.schema.json", "event.schema.json",
         "inventory.schema.json", "snapshot-config.schema.json", "domain-config.schema.json",
         "fsck-request.schema.json", "fsck-report.schema.json", "audit.schema.json",
-        "policy.schema.json", "policy-run.schema.json"}
+        "policy.schema.json", "policy-run.schema.json", "snapshot-summary.schema.json"}
     for name in export.SCHEMAS:
         text = (export.OUT_DIR / name).read_text()
         assert text.endswith("}\n") and not text.endswith("\n\n")

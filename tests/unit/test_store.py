@@ -165,7 +165,8 @@ def test_commit_makes_current_and_drops_reservation(store: Store, r: Any) -> Non
 
 def test_commit_is_one_transaction(store: Store, r: Any,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """All three writes go through one MULTI/EXEC pipeline."""
+    """All writes (record, its summary and index entry, current, reservation) go through
+    one MULTI/EXEC pipeline."""
     seen: list[tuple[bool, list[str]]] = []
     real_pipeline = r.pipeline
 
@@ -183,7 +184,7 @@ def test_commit_is_one_transaction(store: Store, r: Any,
     monkeypatch.setattr(r, "pipeline", spy)
     store.reserve_name(U, "s1", J1)
     store.commit_snapshot(rec("s1"), job_id=J1)
-    assert seen == [(True, ["HSET", "HSET", "HDEL"])]
+    assert seen == [(True, ["HSET", "HSET", "ZADD", "HSET", "HDEL"])]
 
 
 def test_commit_moves_current(store: Store) -> None:
@@ -424,11 +425,13 @@ _TAG = re.compile(r"\{([^{}]*)\}")
 
 def test_domain_keys_share_the_uuid_hash_tag() -> None:
     keys = Keys("domsnap")
-    for key in (keys.snapshots(U), keys.meta(U), keys.reserved(U), keys.lock(U)):
+    for key in (keys.snapshots(U), keys.meta(U), keys.reserved(U), keys.lock(U),
+                keys.summaries(U), keys.by_time(U)):
         assert _TAG.findall(key) == [U], key
         # Redis Cluster hashes the substring between the first { and the next }
         assert key[key.index("{") + 1:key.index("}")] == U
-    assert len({keys.snapshots(U), keys.meta(U), keys.reserved(U), keys.lock(U)}) == 4
+    assert len({keys.snapshots(U), keys.meta(U), keys.reserved(U), keys.lock(U),
+                keys.summaries(U), keys.by_time(U)}) == 6
     for key in (keys.job(J1), keys.job_events(J1)):
         assert _TAG.findall(key) == [J1]
     for key in (keys.inventory("h1"), keys.alive("h1")):
@@ -442,8 +445,8 @@ def test_store_writes_domain_keys_under_its_hash_tag(store: Store,
     store.commit_snapshot(rec("s1"))
     store.reserve_name(U, "s2", J1)
     domain_keys = [k for k in r.keys("*") if U in k]
-    # snapshots, meta, reserved, lock, lock:token, fence
-    assert len(domain_keys) == 6
+    # snapshots, summaries, bytime, meta, reserved, lock, lock:token, fence
+    assert len(domain_keys) == 8
     for key in domain_keys:
         assert key[key.index("{") + 1:key.index("}")] == U
 

@@ -65,6 +65,7 @@ class DomainFacts:
     dir_files: list[str] = field(default_factory=list)  # regular files, not dotfiles
     present: set[str] = field(default_factory=set)  # memory files found on disk
     protected: set[str] = field(default_factory=set)  # other domains' active images
+    index_ok: bool = True  # the summary index (domsnap/snapindex.py) matches the records
 
 
 def records(facts: DomainFacts) -> dict[str, SnapshotRecord]:
@@ -118,7 +119,18 @@ def check(facts: DomainFacts) -> list[FsckFinding]:
     out += check_images(facts)
     out += check_orphans(facts)
     out += check_current(facts)
+    out += check_index(facts)
     return out
+
+
+def check_index(facts: DomainFacts) -> list[FsckFinding]:
+    """The listing index says what the records say (records from before it existed, or
+    written by an older worker, are not in it until this is repaired)."""
+    if facts.index_ok:
+        return []
+    return [_f(facts, "index_mismatch", "the snapshot summaries or the by-time index do not "
+               "match the records (listings read the full records until it is rebuilt)",
+               repairable=True, action="rebuild the summary index from the records")]
 
 
 def check_records(facts: DomainFacts) -> list[FsckFinding]:

@@ -69,6 +69,7 @@ def gather(host: Host, uuid: str) -> DomainFacts:
     facts = DomainFacts(uuid=uuid, host=host.name, snapdir=str(snapdir))
     facts.redis = {r.name: r for r in host.store.list_snapshots(uuid)}
     facts.current_redis = host.store.current(uuid)
+    facts.index_ok = host.store.index_matches(uuid)
     facts.current_host = read_current(host.settings.state_dir, uuid)
     if snapdir.is_dir():
         for p in sorted(snapdir.iterdir()):
@@ -136,6 +137,8 @@ def repair(host: Host, facts: DomainFacts, findings: list[FsckFinding]) -> None:
                 host.files.write_sidecar(facts.redis[f.snapshot])
             elif f.kind == "orphan_file" and f.path:
                 Path(f.path).unlink(missing_ok=True)
+            elif f.kind == "index_mismatch":
+                host.store.rebuild_index(uuid)
             else:
                 continue
             f.repaired = True

@@ -40,6 +40,8 @@ DEAD_WORKER = "the worker stopped during the operation"
 
 
 def reconcile(host: Host) -> None:
+    """Sidecars and Redis records agree (either restores the other), and the snapshot
+    summary index of the host's domains covers their records."""
     side = sorted(host.files.sidecars(), key=lambda r: (r.created_at, r.name))
     for rec in side:
         try:
@@ -54,7 +56,13 @@ def reconcile(host: Host) -> None:
                      " (current)" if now else "")
             host.store.put_snapshots(rec.domain, [rec], current=rec.name if now else False)
     have = {(r.domain, r.name) for r in side}
-    for dom in host.driver.list_domains():
+    domains = host.driver.list_domains()
+    for uuid in sorted({d.uuid for d in domains} | {r.domain for r in side}):
+        # records from before the summary index, or of an older worker: fill it (only
+        # when the counts disagree; fsck compares in full)
+        if not host.store.index_complete(uuid) and host.store.rebuild_index(uuid):
+            log.info("rebuilt the snapshot summary index of %s", uuid)
+    for dom in domains:
         for rec in host.store.list_snapshots(dom.uuid):
             if rec.host == host.name and (rec.domain, rec.name) not in have:
                 log.info("writing missing sidecar of %s/%s", rec.domain, rec.name)
