@@ -32,7 +32,7 @@ from tests.integration.diskdata import CHUNK, qmp, write_pattern
 MARK = CHUNK  # slot 1: the marker the test writes before each create
 BASE = 2 * CHUNK  # slot 2: the disk's base pattern, written once when the disk is made
 BACKED_MARK = 0xA0  # slot 1 of a backed disk's base image shows through its overlay
-KINDS = ("qcow2", "raw", "backed")  # LVM: not here (needs root and a volume group)
+KINDS = ("qcow2", "raw", "backed")  # LVM: not here (no device-mapper in this kernel)
 
 
 @dataclass

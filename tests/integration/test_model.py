@@ -9,8 +9,9 @@ QEMU has open and their formats, every disk's data, every snapshot's frozen data
 records (Redis = sidecars), no orphan file or internal snapshot, ``qemu-img check``.
 A refused request must be a clear error that changed nothing.
 
-LVM disks are not drawn: they need root and a volume group, which this machine's
-CI has not (the LVM paths are covered by tests/unit with a fake lvm runner).
+LVM disks are not drawn: this machine's kernel has no device-mapper, so no logical
+volume can be activated (the LVM paths are covered by tests/unit with a fake lvm
+runner, and belong to the Xen lab's dom0).
 
 Profiles (``DOMSNAP_MODEL_PROFILE``): ``ci`` (default, fixed seed, a few hundred steps
 over both drivers) and ``long`` (random seed, many more and longer sequences, with
