@@ -150,7 +150,7 @@ build_xen() {
     t0=$(date +%s)
     tmp=$CACHE/.xen.tmp
     rm -rf "$tmp"; mkdir -p "$tmp/pkg"
-    (cd "$tmp" && apt-get download -q "xen-hypervisor-4.17-amd64=$XEN_VERSION" >&2)
+    (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "xen-hypervisor-4.17-amd64=$XEN_VERSION" >&2)
     dpkg-deb -x "$tmp"/xen-hypervisor-4.17-amd64_*.deb "$tmp/pkg"
     gunzip -c "$tmp"/pkg/boot/xen-4.17-amd64.gz >"$tmp/xen"
     rm -rf "$XEN"; mkdir -p "$XEN"
@@ -171,7 +171,7 @@ build_guest() {
     root=$tmp/root
     mkdir -p "$root"/{bin,dev,proc,sys,tmp,lib/modules}
     # busybox-static: a dynamic busybox finds no libc in the initramfs and the domU dies
-    (cd "$tmp" && apt-get download -q busybox-static >&2)
+    (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root busybox-static >&2)
     dpkg-deb -x "$tmp"/busybox-static_*.deb "$tmp/pkg"
     cp "$tmp/pkg/bin/busybox" "$root/bin/busybox"
     for applet in $("$root/bin/busybox" --list); do
@@ -230,10 +230,14 @@ build_domsnap() {
     mount --bind "$tmp/wheels" "$root/mnt/wheels"; MOUNTS+=("$root/mnt/wheels")
     chroot_mounts "$root"
     log "venv in a chroot of the base tree (dom0's own Python, run natively)"
-    chroot "$root" /usr/bin/python3 -m venv /opt/domsnap/venv >&2
-    chroot "$root" /opt/domsnap/venv/bin/pip install -q --no-cache-dir --no-index \
-        --find-links /mnt/wheels domsnap async-timeout >&2
-    chroot "$root" /opt/domsnap/venv/bin/python -c 'import domsnap.client, workers.runtime, tasks' >&2
+    # a clean environment: none of the host's PIP_* settings leak into dom0's venv
+    local cenv=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8)
+    chroot "$root" "${cenv[@]}" /usr/bin/python3 -m venv /opt/domsnap/venv >&2
+    chroot "$root" "${cenv[@]}" /opt/domsnap/venv/bin/pip install -q --no-cache-dir \
+        --disable-pip-version-check --no-index --find-links /mnt/wheels \
+        domsnap async-timeout >&2
+    chroot "$root" "${cenv[@]}" /opt/domsnap/venv/bin/python -c \
+        'import domsnap.client, workers.runtime, tasks' >&2
     cleanup_mounts
     rmdir "$root/mnt/wheels"
     find "$root/root" -mindepth 1 -maxdepth 1 -name .cache -exec rm -rf {} + 2>/dev/null || true

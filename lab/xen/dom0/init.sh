@@ -56,6 +56,10 @@ phase redis-started
 
 export DOMSNAP_DRIVER=xl DOMSNAP_HOST=lab-dom0 DOMSNAP_REDIS_URL=redis://127.0.0.1:6379/0
 export PYTHONDONTWRITEBYTECODE=1
+# The default pause budget (30 s for a 128 MiB domain) is sized for real hosts; under
+# nested TCG on a loaded host one step can take minutes and the guard would resume the
+# domain in the middle of a save (seen: the guard fired 97 s into a disk-only create)
+export DOMSNAP_PAUSE_BUDGET_S=${LAB_PAUSE_BUDGET_S:-600}
 setsid domsnap worker --driver xl --host lab-dom0 -c 2 --inflight-concurrency 2 \
     --loglevel INFO >"$OUT/worker.log" 2>&1 &
 WORKER_PID=$!

@@ -32,6 +32,7 @@ IMAGES = Path("/var/lib/lab/images")
 CONSOLE = Path(f"/var/log/xen/console/guest-{DOMAIN}.log")
 XEN_LOGS = Path("/var/log/xen")
 JOB_TIMEOUT = float(os.environ.get("LAB_JOB_TIMEOUT", "900"))
+RUNNING = ("running", "blocked")
 TICK = re.compile(r"DOMSNAP-TICK n=(\d+) disk=(-?\d+)")
 
 
@@ -235,7 +236,7 @@ class Smoke:
         after = ticks()
         data["tick_after"] = after[-1][0] if after else None
         state = domain_state()
-        if state not in ("running", "blocked"):
+        if state not in RUNNING:
             raise StepFailed(f"after the create the domain is {state}", data)
         self.facts.setdefault("snapshots", {})[name] = data
         pause = "" if rec.pause_ms is None else f", pause {rec.pause_ms / 1000:.1f}s"
@@ -288,7 +289,7 @@ class Smoke:
         if disk != n - 1:
             raise StepFailed(f"restored guest's disk holds {disk}, its memory {n - 1}: "
                              "memory and disks disagree", data)
-        if data["state"] not in ("running", "blocked"):
+        if data["state"] not in RUNNING:
             raise StepFailed(f"after the revert the domain is {data['state']}", data)
         return (f"revert ok in {data.get('worker_s')}s; counter {latest} -> {n} "
                 f"(disk {disk}); domain {data['state']}", data)
@@ -301,7 +302,7 @@ class Smoke:
         if name in left:
             raise StepFailed(f"{name} still listed after its delete", data)
         state = domain_state()
-        if state not in ("running", "blocked"):
+        if state not in RUNNING:
             raise StepFailed(f"after the delete the domain is {state}", data)
         return f"delete ok in {data.get('worker_s')}s; left {left}; domain {state}", data
 
@@ -352,7 +353,7 @@ def domain_state() -> str:
                         ("d", "dying"), ("r", "running"), ("b", "blocked")):
         if flag in flags:
             return state
-    return f"idle({flags})"
+    return "running"  # no flag: runnable, waiting for a CPU (Xen shows "------")
 
 
 def main() -> int:
