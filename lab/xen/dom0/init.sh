@@ -60,6 +60,10 @@ export PYTHONDONTWRITEBYTECODE=1
 # nested TCG on a loaded host one step can take minutes and the guard would resume the
 # domain in the middle of a save (seen: the guard fired 97 s into a disk-only create)
 export DOMSNAP_PAUSE_BUDGET_S=${LAB_PAUSE_BUDGET_S:-600}
+# Liveness: one heartbeat round is an `xl list -l` and more; nested and loaded it took
+# longer than the default 20 s TTL and the host looked dead between rounds (seen:
+# "lab-dom0 ... has no live worker" right after a create)
+export DOMSNAP_HOST_TTL_S=${LAB_HOST_TTL_S:-300}
 setsid domsnap worker --driver xl --host lab-dom0 -c 2 --inflight-concurrency 2 \
     --loglevel INFO >"$OUT/worker.log" 2>&1 &
 WORKER_PID=$!
