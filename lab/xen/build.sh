@@ -8,11 +8,11 @@
 #   base-<H>/      debootstrap bookworm minbase + base/packages.txt, the dom0
 #                  initramfs with virtio + ext4, /lab-init; rootfs/ (the tree, kept
 #                  for the chroot of the domsnap layer) and rootfs.img (4 GiB ext4).
-#                  H = packages list, base/lab-init, this script, the mirror.
+#                  H = packages list, base/lab-init, the layer's recipe, the mirror.
 #   xen-<VER>/     xen (the hypervisor, gunzipped from xen-hypervisor-4.17-amd64 of the
 #                  same version as the rootfs's xen-utils-4.17, or $LAB_XEN_VERSION)
 #   guest-<H>/     the PV domU: the dom0 kernel + a busybox-static initramfs with
-#                  xen-blkfront.ko (H = base + guest/init + this script)
+#                  xen-blkfront.ko (H = base + guest/init + the layer's recipe)
 #   domsnap-<H>/   domsnap.img: an ext4 image holding /opt/domsnap/venv, domsnap and its
 #                  dependencies installed from wheels built on the host, in a chroot of
 #                  the base tree (H = base + the project's files): the only layer

@@ -3,7 +3,7 @@
 # start xen's daemons, Redis and a domsnap worker with the xl driver, run the smoke
 # cycle (one long-lived Python process), copy the logs to /lab/out, power off.
 # Lines starting "LAB-" on the console are for the host (lab/xen/run.sh).
-set -uo pipefail
+set -euo pipefail  # a failure ends here: the EXIT trap still saves the logs and powers off
 export PATH=/opt/domsnap/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8
 OUT=/lab/out
@@ -22,6 +22,7 @@ finish() {
     xl dmesg >"$OUT/xl-dmesg.log" 2>&1 || true
     xl list >"$OUT/xl-list-final.txt" 2>&1 || true
     dmesg >"$OUT/dom0-dmesg.log" 2>&1 || true
+    set +e
     [[ -n ${WORKER_PID-} ]] && kill -TERM "$WORKER_PID" 2>/dev/null
     sleep 2
     sync
@@ -35,7 +36,7 @@ phase dom0-init
 
 mount -o remount,rw / 2>/dev/null || true
 mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
+mountpoint -q /dev/pts || mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm      # Celery's prefork pool (SemLock) needs it
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/xen /run/lock /var/log/xen/console /var/lib/xen
@@ -69,5 +70,6 @@ setsid domsnap worker --driver xl --host lab-dom0 -c 2 --inflight-concurrency 2 
 WORKER_PID=$!
 phase worker-spawned
 
-python /lab/in/smoke.py --out "$OUT" --guest /lab/in/guest --worker-log "$OUT/worker.log"
-echo "LAB-SMOKE-EXIT $?"
+rc=0
+python /lab/in/smoke.py --out "$OUT" --guest /lab/in/guest --worker-log "$OUT/worker.log" || rc=$?
+echo "LAB-SMOKE-EXIT $rc"
