@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`.
-.PHONY: setup demo test test-unit lint
+.PHONY: setup demo test test-unit lint lab lab-build
 
 setup:
 	bash scripts/setup.sh
@@ -16,3 +16,10 @@ test-unit: setup
 lint: setup
 	.venv/bin/ruff check domsnap workers tasks schemas tests bench
 	.venv/bin/mypy
+
+# The nested Xen lab (lab/xen/README.md): build (cached under .cache/lab), boot, smoke cycle.
+lab-build:
+	bash lab/xen/build.sh >/dev/null
+
+lab:
+	bash lab/xen/run.sh
