@@ -8,6 +8,7 @@ use Lua scripts or MULTI/EXEC on keys of one hash tag.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -334,34 +335,49 @@ class Store(IndexReads):
             return self.get_job(job.duplicate_of, follow=False)
         return job
 
-    @_translated
-    def update_job(self, job_id: str, *, fence: Fence | None = None, **changes: Any) -> JobRecord:
-        """Change a job record. With ``fence``, only if the caller's token is still the
-        job's (a stale attempt of a job that recovery took over cannot end it)."""
+    def _rewrite_job(self, job_id: str, change: Callable[[Any, JobRecord], JobRecord | None],
+                     *, watch_fence: bool = False) -> JobRecord | None:
+        """Read-modify-write of a job record under WATCH, retried on a concurrent write:
+        ``change(pipe, job)`` returns the new record, or None to leave it as it is."""
         key = self.keys.job(job_id)
-        fkey = self.keys.job_fence(job_id)
+        watched = (key, self.keys.job_fence(job_id)) if watch_fence else (key,)
         with self.r.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(key, fkey)
+                    pipe.watch(*watched)
                     raw = pipe.get(key)
                     if raw is None:
                         raise UnknownJob(f"no job {job_id}", job_id=job_id)
-                    if fence is not None and pipe.get(fkey) not in (None, str(fence.token)):
-                        raise LockLost(f"job {job_id}: token {fence.token} was superseded; "
-                                       "the job is not ended by this attempt", job_id=job_id)
-                    job = _load(JobRecord, raw, f"job {job_id}")
-                    try:
-                        job = job.model_validate({**job.model_dump(), **changes})
-                    except ValidationError as exc:
-                        raise InvalidInput(f"job {job_id}: bad update: {exc.errors()[0]['msg']}",
-                                           field=str(exc.errors()[0]["loc"][0])) from exc
+                    job = change(pipe, _load(JobRecord, raw, f"job {job_id}"))
+                    if job is None:
+                        pipe.unwatch()
+                        return None
                     pipe.multi()
                     pipe.set(key, job.model_dump_json(), ex=self.job_ttl_s)
                     pipe.execute()
                     return job
                 except redis.WatchError:
                     continue
+
+    @_translated
+    def update_job(self, job_id: str, *, fence: Fence | None = None, **changes: Any) -> JobRecord:
+        """Change a job record. With ``fence``, only if the caller's token is still the
+        job's (a stale attempt of a job that recovery took over cannot end it)."""
+        fkey = self.keys.job_fence(job_id)
+
+        def change(pipe: Any, job: JobRecord) -> JobRecord:
+            if fence is not None and pipe.get(fkey) not in (None, str(fence.token)):
+                raise LockLost(f"job {job_id}: token {fence.token} was superseded; "
+                               "the job is not ended by this attempt", job_id=job_id)
+            try:
+                return job.model_validate({**job.model_dump(), **changes})
+            except ValidationError as exc:
+                raise InvalidInput(f"job {job_id}: bad update: {exc.errors()[0]['msg']}",
+                                   field=str(exc.errors()[0]["loc"][0])) from exc
+
+        job = self._rewrite_job(job_id, change, watch_fence=True)
+        assert job is not None  # change() always returns a record
+        return job
 
     @_translated
     def claim_request(self, request_id: str, job_id: str) -> str | None:
@@ -391,26 +407,13 @@ class Store(IndexReads):
     @_translated
     def fail_if_queued(self, job_id: str, error: dict[str, Any]) -> JobRecord | None:
         """Fail a job that is still queued, atomically (WATCH); None if it was not queued."""
-        key = self.keys.job(job_id)
-        with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise UnknownJob(f"no job {job_id}", job_id=job_id)
-                    job = _load(JobRecord, raw, f"job {job_id}")
-                    if job.state != "queued":
-                        pipe.unwatch()
-                        return None
-                    job = JobRecord.model_validate({**job.model_dump(), "state": "failed",
-                                                    "finished_at": time.time(), "error": error})
-                    pipe.multi()
-                    pipe.set(key, job.model_dump_json(), ex=self.job_ttl_s)
-                    pipe.execute()
-                    return job
-                except redis.WatchError:
-                    continue
+        def change(pipe: Any, job: JobRecord) -> JobRecord | None:
+            if job.state != "queued":
+                return None
+            return JobRecord.model_validate({**job.model_dump(), "state": "failed",
+                                             "finished_at": time.time(), "error": error})
+
+        return self._rewrite_job(job_id, change)
 
     @_translated
     def add_audit(self, entry: AuditEntry, *, maxlen: int = 100_000,
