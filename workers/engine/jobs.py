@@ -99,8 +99,8 @@ def take_lock(host: Host, req: AnyRequest) -> int:
     for the plan: a plan made from records another job is about to change would be
     carried out on a state that no longer exists (a revert to a snapshot deleted in the
     meantime). The token joins the ``admitting`` journal entry at once, so a failure
-    from here on releases exactly this holding."""
-    check_cancel(host, req, "before it was admitted")
+    from here on releases exactly this holding. (A cancel was last looked for as the
+    request left the gate, just before.)"""
     token = host.store.acquire_lock(req.domain, req.job_id, host.settings.lock_ttl_s)
     host.files.write_journal(req.job_id, {"request": req.model_dump(mode="json"),
                                           "step": "admitting", "fence": token})
