@@ -464,6 +464,11 @@ class Store(IndexReads):
             pipe.execute()
 
     @_translated
+    def renew_alive(self, host: str, ttl_s: float) -> None:
+        """Renew a host's liveness key alone (the worker's liveness thread)."""
+        self.r.set(self.keys.alive(host), str(time.time()), px=int(ttl_s * 1000))
+
+    @_translated
     def withdraw_host(self, host: str) -> None:
         """A worker shutting down cleanly: its host is no longer alive."""
         self.r.delete(self.keys.alive(host))

@@ -3,7 +3,7 @@
 One supervisor process per host that:
 - reconciles the host's sidecar records with Redis at start (either rebuilds the other),
 - finishes or undoes operations a previous worker left (journals, pause markers),
-- publishes the host's inventory with a heartbeat,
+- publishes the host's inventory, and its liveness apart from it (workers/heartbeat.py),
 - runs two Celery workers with separate pools: one on the host's new-work queue,
   one on its in-flight queue, so continuations never wait behind new requests.
 A pool that exits is started again (with backoff); Redis or broker outages are
@@ -26,6 +26,7 @@ from domsnap.errors import DomsnapError
 from domsnap.settings import Settings
 from schemas.models import HostInventory
 from workers.engine.recovery import reconcile, recover, sweep
+from workers.heartbeat import Heartbeat
 from workers.host import Host, build_host
 from workers.routing import host_queue, inflight_queue
 
@@ -38,13 +39,13 @@ def publish(host: Host, *, alive: bool = True) -> None:
     host.store.publish_inventory(inv, host.settings.host_ttl_s, alive=alive)
 
 
-def _heartbeat(host: Host, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            publish(host)
-        except (DomsnapError, OSError) as exc:
-            log.warning("heartbeat failed: %s", exc)
-        stop.wait(host.settings.heartbeat_s)
+def heartbeat(host: Host) -> Heartbeat:
+    """The host's heartbeat: the inventory and liveness on threads of their own, so a
+    slow ``xl list`` does not make the host look dead (workers/heartbeat.py)."""
+    return Heartbeat(lambda: publish(host, alive=False),
+                     lambda: host.store.renew_alive(host.name, host.settings.host_ttl_s),
+                     interval_s=host.settings.heartbeat_s,
+                     stall_s=host.settings.inventory_stall_s)
 
 
 def _celery_argv(queue: str, concurrency: int, nodename: str, loglevel: str) -> list[str]:
@@ -150,12 +151,9 @@ def run(settings: Settings, *, loglevel: str = "INFO") -> int:
 
     if not _retrying("start-up repair", _repair, stop):
         return 0
-    try:
-        publish(host)
-    except (DomsnapError, OSError) as exc:
-        log.warning("first heartbeat failed: %s", exc)
-    beat = threading.Thread(target=_heartbeat, args=(host, stop), daemon=True)
-    beat.start()
+    beat = heartbeat(host)
+    beat.publish_once()
+    beat.start(stop)
     env = {**os.environ, "DOMSNAP_HOST": host.name, "DOMSNAP_DRIVER": settings.driver,
            "DOMSNAP_STATE_DIR": str(settings.state_dir)}
     pools = [Pool(_celery_argv(host_queue(host.name), settings.concurrency,

@@ -60,13 +60,15 @@ Where the stand-in differs from Xen (accepted, on purpose):
 - A reboot ends the QEMU process (``-no-reboot``) and the monitor builds the new one at
   once: ``xl list`` never shows the rebooting domain shut down (``---s-r``).
 - Test hooks, not in xl: ``domains/<uuid>/slow-save`` (seconds a save takes after the
-  suspend, printing progress), ``log/saves.log`` (one line per save that completed).
+  suspend, printing progress), ``log/saves.log`` (one line per save that completed),
+  ``slow-list`` (seconds every ``xl list -l`` takes: a busy dom0's listing).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 from tests.xlstandin.cli import (
@@ -127,12 +129,17 @@ def cmd_create(env: Env, args: list[str]) -> int:
 
 # --------------------------------------------------------------------------- list
 
+SLOW_LIST = "slow-list"  # test hook: seconds every `xl list -l` takes
+
+
 def cmd_list(env: Env, args: list[str]) -> int:
     found, rest = opts(args, "list", "lvZcn", ["long", "verbose", "context", "cpupool", "numa"],
                        0)
     flags = {o for o, _ in found}
     if flags - {"-l", "--long"}:
         raise Fail(1, "xl (test stand-in): list supports only -l/--long")
+    if flags and (env.root / SLOW_LIST).exists():
+        time.sleep(float((env.root / SLOW_LIST).read_text().strip() or "0"))
     if len(rest) > 1:
         out(help_text("list"))
         return 1
