@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.xlstandin import hypervisor
 from tests.xlstandin.domains import Dom, Env, Fail, domains, kill, libxl_error, start_qemu
 from tests.xlstandin.qmp import QMPFailure
 from tests.xlstandin.xlcfg import CfgError, parse_xl_cfg, to_libxl
@@ -154,6 +155,7 @@ def make_domain(env: Env, config: dict[str, Any], *, paused: bool, failure_rc: i
         dom.set_state(f"creating {os.getpid()}")
     try:
         start_qemu(dom, paused=paused, incoming=restore_fd is not None)
+        hypervisor.spawn(dom)  # before any vCPU runs: no shutdown goes unrecorded
         if restore_fd is not None:
             restore_memory(dom, restore_fd)
         if not paused:

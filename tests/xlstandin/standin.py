@@ -7,17 +7,18 @@ model socket that behaves like Xen's QEMU (block nodes ``<vdev>-<format>`` over 
 automatically named ``#blockNNN`` protocol node). Stdlib only, no domsnap imports.
 
 Verbs: create, list [-l], domid, domname, pause, unpause, destroy, save [-c] [-p],
-restore [-p] [-e], reboot [-w], config-update. ``create`` and ``restore`` leave a
+restore [-p] [-e], reboot [-w], shutdown [-w], config-update. ``create`` and ``restore`` leave a
 monitor daemon per domain, as xl does, that rebuilds the domain from its stored
 config when it reboots (tests/xlstandin/monitor.py). Environment: XL_STANDIN_ROOT and
 XL_STANDIN_RUN_DIR (required), XL_STANDIN_ACCEL (default tcg), XL_STANDIN_QEMU (default
 qemu-system-x86_64), XL_STANDIN_SUSPEND_TIMEOUT (seconds, default 60 like libxl).
 
 Modules: standin (entry point; create, list, domid, domname, pause, unpause,
-destroy), saverestore (save, restore), monitor (the monitor daemon, reboot,
-config-update), cli (option parsing, lookups, starting a
-domain), domains (state on disk, locking, QEMU processes), xlcfg (xl.cfg subset,
-libxl-shaped config, libxl's JSON layout), qmp (a tiny QMP client).
+destroy), saverestore (save, restore), monitor (the monitor daemon, reboot, shutdown,
+config-update), hypervisor (shutdowns recorded whoever listens), cli (option
+parsing, lookups, starting a domain), domains (state on disk, locking, QEMU
+processes), xlcfg (xl.cfg subset, libxl-shaped config, libxl's JSON layout), qmp
+(a tiny QMP client).
 
 Facts taken from xl's sources rather than assumed:
 - ``xl save`` opens FILE O_WRONLY|O_CREAT|O_TRUNC with mode 0644 (xl_saverestore.c),
@@ -53,12 +54,17 @@ Where the stand-in differs from Xen (accepted, on purpose):
   ``<vdev>-<format>``); on Xen blkback serves them and the device model never sees
   them. cdroms are not attached at all.
 - Run states are r----- (running) or --p--- (anything else); never -b----; ---ss- for a
-  domain whose `xl save` died after the suspend (`xl unpause` does not resume it).
+  domain whose `xl save` died after the suspend (`xl unpause` does not resume it);
+  ---s?- for a domain shut down that nobody destroyed (see below).
 - A uuid already in use by a live domain is refused (Xen would allow it): the
   stand-in keeps its state per uuid.
 - Destroy stops QEMU with SIGTERM (a clean exit, images closed).
-- A reboot ends the QEMU process (``-no-reboot``) and the monitor builds the new one at
-  once: ``xl list`` never shows the rebooting domain shut down (``---s-r``).
+- A shutdown (a reset is one: ``-no-reboot``) stops QEMU's vCPUs and keeps the process
+  (``-no-shutdown``); the stand-in's hypervisor records the reason
+  (tests/xlstandin/hypervisor.py) and ``xl list`` shows ``---sr-``, ``---s--``, ``---sc-``
+  until the monitor (or, with none, somebody) destroys the domain. ``xl shutdown`` stops
+  the vCPUs and records ``poweroff`` for the guest. Guests crash only through a
+  ``SHUTDOWN`` event of reason ``guest-panic`` (no pvpanic device is attached).
 - Test hooks, not in xl: ``domains/<uuid>/slow-save`` (seconds a save takes after the
   suspend, printing progress), ``log/saves.log`` (one line per save that completed).
 """
@@ -69,6 +75,7 @@ import signal
 import sys
 from pathlib import Path
 
+from tests.xlstandin import hypervisor
 from tests.xlstandin.cli import (
     err,
     find_domain,
@@ -79,7 +86,7 @@ from tests.xlstandin.cli import (
     xl_config,
 )
 from tests.xlstandin.domains import Dom, Env, Fail, domains, kill, libxl_error, wait_finalized
-from tests.xlstandin.monitor import cmd_config_update, cmd_reboot, spawn_monitor
+from tests.xlstandin.monitor import cmd_config_update, cmd_reboot, cmd_shutdown, spawn_monitor
 from tests.xlstandin.qmp import QMPFailure
 from tests.xlstandin.saverestore import SUSPENDED, cmd_restore, cmd_save
 from tests.xlstandin.xlcfg import DOM0_CONFIG, libxl_json
@@ -158,6 +165,8 @@ def cmd_list(env: Env, args: list[str]) -> int:
         b_info = e.config["b_info"]
         if (e.dir / SUSPENDED).exists():
             state = "---ss-"
+        elif (reason := hypervisor.reason_of(e)) is not None:
+            state = hypervisor.flags_for(reason)  # shut down, nobody destroyed it yet
         else:
             state = "r-----" if e.run_state() == "running" else "--p---"
         lines.append(_row(e.name, e.domid, int(b_info.get("target_memkb", 0)) // 1024,
@@ -219,8 +228,8 @@ def cmd_pause(env: Env, args: list[str], *, unpause: bool) -> int:
                 libxl_error("libxl_domain.c:593:libxl_domain_pause", target,
                             "Pausing domain: No such process"))
         return 0
-    if unpause and (target.dir / SUSPENDED).exists():
-        return 0  # unpauses the vCPUs of a domain that stays shut down for its suspend
+    if unpause and ((target.dir / SUSPENDED).exists() or hypervisor.reason_of(target)):
+        return 0  # unpauses the vCPUs of a domain that stays shut down
     with target.control() as q:
         if unpause:
             status = wait_finalized(q)
@@ -291,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_restore(env, rest)
         if verb == "reboot":
             return cmd_reboot(env, rest)
+        if verb == "shutdown":
+            return cmd_shutdown(env, rest)
         if verb == "config-update":
             return cmd_config_update(env, rest)
         if verb in XL_VERBS:
