@@ -344,7 +344,7 @@ DOMU = DomainConfig(
     extra="console=hvc0",
     disks=[DiskSpec(vdev="xvda", target="/var/lib/xen/images/d0.qcow2", format="qcow2",
                     access="rw", backendtype="qdisk")],
-    other={"on_reboot": "restart"},
+    other={"on_reboot": "restart", "on_soft_reset": "soft-reset"},
 )
 
 HVM = DomainConfig(
@@ -368,6 +368,7 @@ HVM = DomainConfig(
         "vif": ["mac=00:16:3e:5a:3c:10,bridge=xenbr0,model=e1000,script=vif-bridge"],
         "on_reboot": "restart",
         "on_crash": "rename-restart",
+        "on_soft_reset": "soft-reset",
     },
 )
 
@@ -395,6 +396,7 @@ PVH = DomainConfig(
         "on_poweroff": "preserve",
         "on_reboot": "restart",
         "on_crash": "coredump-restart",
+        "on_soft_reset": "soft-reset",
     },
 )
 
@@ -466,7 +468,8 @@ def test_domain_config_actions_in_xl_cfg_spelling() -> None:
             config = {"c_info": {"name": "a"}, "on_poweroff": value, "on_reboot": value,
                       "on_crash": value, "on_watchdog": value, "on_soft_reset": value}
             assert domain_config_from_libxl(config).other == {
-                "on_poweroff": xl_name, "on_reboot": xl_name, "on_crash": xl_name}
+                "on_poweroff": xl_name, "on_reboot": xl_name, "on_crash": xl_name,
+                "on_watchdog": xl_name, "on_soft_reset": xl_name}
     odd = {"c_info": {"name": "a"}, "on_poweroff": "explode", "on_reboot": 0, "on_crash": True}
     assert domain_config_from_libxl(odd).other == {}
 
@@ -512,6 +515,7 @@ def test_format_captured_domu_exactly() -> None:
         'disk = [ "vdev=xvda, format=qcow2, access=rw, backendtype=qdisk, '
         'target=/var/lib/xen/images/d0.qcow2" ]\n'
         'on_reboot = "restart"\n'
+        'on_soft_reset = "soft-reset"\n'
     )
 
 

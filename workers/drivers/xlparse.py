@@ -305,7 +305,8 @@ def domain_config_from_libxl(config: dict[str, Any]) -> DomainConfig:
     libxl keeps the maximum in ``max_vcpus`` and the online ones in the
     ``avail_vcpus`` bitmap, so both come back. Keys without a DomainConfig field go
     to ``other`` in xl.cfg syntax (``maxmem``, ``maxvcpus``, ``bootloader``,
-    ``bootloader_args``, ``vif``, ``on_poweroff``/``on_reboot``/``on_crash``,
+    ``bootloader_args``, ``vif``, ``on_poweroff``/``on_reboot``/``on_watchdog``/``on_crash``/
+    ``on_soft_reset``,
     ``device_model_stubdomain_override``)."""
     if not isinstance(config, dict):
         raise XlParseError("a libxl domain config must be an object", repr(config))
@@ -348,7 +349,7 @@ def domain_config_from_libxl(config: dict[str, Any]) -> DomainConfig:
     nics = config.get("nics")
     if isinstance(nics, list) and (vifs := [_vif(n) for n in nics if isinstance(n, dict)]):
         other["vif"] = vifs
-    for key in ("on_poweroff", "on_reboot", "on_crash"):
+    for key in ("on_poweroff", "on_reboot", "on_watchdog", "on_crash", "on_soft_reset"):
         action = config.get(key)
         if isinstance(action, int) and not isinstance(action, bool):
             action = _ACTION_VALUES.get(action)
