@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,7 +132,7 @@ def test_guest_reboot_after_a_memory_snapshot_comes_back(cluster: Cluster, x1: s
     overlay, base = dom.active(vdev), str(dom.disks[vdev])
     wait_for_tick(dom.console, 2, timeout=60)
     frozen = _frozen(dom)
-    at_snapshot = read_disk_counter(base)
+    at_snapshot = read_disk_counter(Path(base))
     boots = count_boots(dom.console)
     old = _domid(dom)
     assert old is not None
@@ -143,9 +144,9 @@ def test_guest_reboot_after_a_memory_snapshot_comes_back(cluster: Cluster, x1: s
     _wait("the guest did not boot again", lambda: count_boots(dom.console) > boots, 180)
     wait_for_tick(dom.console, 2, timeout=180)
     assert _served(dom) == {vdev: overlay}
-    counter = read_disk_counter(overlay)
+    counter = read_disk_counter(Path(overlay))
     assert counter is not None and counter >= 1
-    assert read_disk_counter(base) == at_snapshot
+    assert read_disk_counter(Path(base)) == at_snapshot
     assert _frozen(dom) == frozen
 
 
@@ -236,6 +237,28 @@ def test_reboot_after_a_save_restore_window(cluster: Cluster, x1: str) -> None:
     assert _monitor_reboots(dom) == 1 and _events(dom) == []
     long = json.loads(dom.host.xl("list", "-l", dom.name).stdout)
     assert [d["pdev_path"] for d in long[0]["config"]["disks"]] == [overlay]
-    counter = read_disk_counter(overlay)
+    counter = read_disk_counter(Path(overlay))
     assert counter is not None and counter >= 1
     assert _sha(base) == base_sha
+
+
+def test_a_save_the_guest_never_suspended_for_keeps_xls_monitor(
+        cluster: Cluster, x1: str) -> None:
+    """A guest that does not answer the suspend request: the save fails before any
+    suspend, the monitor still runs, so domsnap keeps no record and leaves the next
+    reboot to xl."""
+    dom = _dom(cluster, x1, "xm-nosus", guest=False)
+    marker = dom.host.xen / "domains" / dom.uuid / "no-suspend"
+    marker.touch()
+    client = cluster.client()
+    job = client.wait(client.create(dom.name, name="n1"), timeout=180)
+    assert job.state == "failed"
+    assert job.error is not None and "did not suspend" in job.error.message
+    assert _no_monitor_mark(dom)
+    old = _domid(dom)
+    assert old is not None
+    dom.host.xl("reboot", dom.name)
+    _rebuilt(dom, old)
+    _wait("xl's monitor did not rebuild it", lambda: _monitor_reboots(dom) == 1)
+    time.sleep(3)
+    assert _events(dom) == [] and _monitor_reboots(dom) == 1
