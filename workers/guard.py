@@ -78,7 +78,10 @@ class Guard:
         how many markers are still in force."""
         now = time.time() if now is None else now
         down = self.host.driver.recover_windows(blocking=False)  # a dead worker's windows
-        self.watch_shutdowns()
+        try:
+            self.watch_shutdowns()
+        except Exception as exc:  # noqa: BLE001 - never in the way of the markers below
+            log.error("acting on shutdowns failed this round: %s: %s", type(exc).__name__, exc)
         markers = self.host.files.pause_markers()
         for uuid, marker in markers.items():
             if now >= marker["deadline"]:
