@@ -202,10 +202,14 @@ class Watcher:
                 continue  # an operation holds it: its step (or recovery) settles it
             try:
                 event = self._one(uuid, mark, by_domid.get(int(mark["domid"])))
-            except DomsnapError as exc:  # tried again next round
-                log.error("domain %s: acting on its shutdown failed: %s", uuid, exc)
-                event = {"domain": uuid, "domid": mark["domid"], "outcome": "failed",
-                         "error": str(exc)}
+            except DomsnapError as exc:  # tried again next round; reported once per error
+                event = None
+                if mark.get("failed") != str(exc):
+                    log.error("domain %s: acting on its shutdown failed: %s", uuid, exc)
+                    if self.marks.get(uuid) is not None:
+                        self.marks.put(uuid, {**mark, "failed": str(exc)})
+                    event = {"domain": uuid, "domid": mark["domid"], "outcome": "failed",
+                             "error": str(exc)}
             if event is not None:
                 events.append({"event": "on-shutdown", **event})
         return events
