@@ -175,7 +175,7 @@ class Watcher:
     """One guard round over the domains without a monitor (module docstring)."""
 
     def __init__(self, driver: XlDriver, marks: MonitorMarks, dump_dir: Path,
-                 interval: float = 1.0) -> None:
+                 interval: float = 2.0) -> None:
         self.driver = driver
         self.marks = marks
         self.dump_dir = dump_dir
