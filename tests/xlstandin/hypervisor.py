@@ -134,7 +134,7 @@ def _listen(dom: Dom) -> int:
                     continue
                 qemu_reason = str(event.get("data", {}).get("reason"))
                 reason = _FROM_QEMU.get(qemu_reason)
-                sys.stderr.write(f"{time.strftime('%H:%M:%S')} domain {dom.domid}: QEMU "
+                sys.stderr.write(f"{time.time():.3f} domain {dom.domid}: QEMU "
                                  f"SHUTDOWN {qemu_reason} -> {reason}\n")
                 sys.stderr.flush()
                 if reason is not None and dom.dir.is_dir():
