@@ -119,6 +119,9 @@ def test_xl_reboot_after_a_memory_snapshot_restarts_on_the_active_images(
     time.sleep(3)  # a few guard rounds
     assert len(_events(dom)) == 1
     assert _served(dom) == active
+    # the test hosts' heartbeat TTL is 4 s: on a loaded machine the inventory can lapse
+    # while two rebuilds settle; the create needs a live host, not a fast one
+    _wait("the host's heartbeat did not come back", lambda: client.store.host_alive(x1), 60)
     _ok(client, client.create(dom.name, name="m2"))  # domsnap carries on with it
 
 
