@@ -400,7 +400,7 @@ class FsckReport(_Versioned):
 
 AuditOp = Literal["create", "revert", "delete", "cancel", "fsck-repair", "domain-create",
                   "domain-start", "domain-destroy", "domain-undefine", "domain-pause",
-                  "domain-unpause"]
+                  "domain-unpause", "domain-on-shutdown"]
 
 
 class AuditEntry(_Versioned):

@@ -39,7 +39,7 @@ RELIABILITY=($I/test_model.py $I/test_model_regressions.py $I/test_faults.py
              $I/test_faults_redis.py $I/test_fencing.py $I/test_recovery.py
              $I/test_bad_messages.py $I/test_concurrency.py $I/test_limits.py
              $I/test_mixed_formats.py $I/test_fsck.py $I/test_cancel_idempotent.py
-             $I/test_acl.py $I/test_xl_states.py $I/test_faults_xl.py)
+             $I/test_acl.py $I/test_xl_states.py $I/test_faults_xl.py $I/test_xl_monitor.py)
 SCHEDULE=($I/test_schedule.py)
 ignore=(); for f in "${RELIABILITY[@]}" "${SCHEDULE[@]}"; do ignore+=(--ignore "$f"); done
 run_suite integration .venv/bin/pytest -q -p no:cacheprovider "${ignore[@]}" $I

@@ -22,7 +22,11 @@ for each whose deadline has passed:
 
 Every round it also restores a domain that a dead worker left down in the xl
 driver's save/restore window (:meth:`~workers.drivers.base.Driver.recover_windows`:
-saved, so destroyed, its RAM only in the window's file), without waiting on a budget.
+saved, so destroyed, its RAM only in the window's file), without waiting on a budget,
+and acts on the shutdown of a domain whose ``xl create`` monitor a suspend ended
+(:meth:`~workers.drivers.base.Driver.watch_shutdowns`: a reboot after a memory snapshot
+restarts it on domsnap's config), except for domains an operation holds; each action
+goes to ``guard.log`` and the audit log.
 
 One guard per state dir (a ``flock`` on ``guard.lock``; a second one waits for
 it). It exits when the supervisor named in ``worker.pid`` is gone and no marker
@@ -40,6 +44,7 @@ from typing import Any
 
 from domsnap.errors import DomsnapError, UnknownDomain
 from domsnap.settings import Settings, get_settings
+from workers.engine import audit
 from workers.engine.recovery import job_lock, recover_entry, request_of
 from workers.host import Host, build_host
 
@@ -73,6 +78,10 @@ class Guard:
         how many markers are still in force."""
         now = time.time() if now is None else now
         down = self.host.driver.recover_windows(blocking=False)  # a dead worker's windows
+        try:
+            self.watch_shutdowns()
+        except Exception as exc:  # noqa: BLE001 - never in the way of the markers below
+            log.error("acting on shutdowns failed this round: %s: %s", type(exc).__name__, exc)
         markers = self.host.files.pause_markers()
         for uuid, marker in markers.items():
             if now >= marker["deadline"]:
@@ -80,6 +89,36 @@ class Guard:
         for job_id in list(self.pending):
             self.try_recover(job_id)
         return len(self.host.files.pause_markers()) + down
+
+    def busy(self) -> set[str]:
+        """Domains an operation holds: a journal names it (its job runs, or recovery has
+        yet to settle it) or a pause marker is in force."""
+        held = set(self.host.files.pause_markers())
+        for entry in self.host.files.journals():
+            request = entry.get("request")
+            if isinstance(request, dict) and isinstance(request.get("domain"), str):
+                held.add(request["domain"])
+        return held
+
+    def watch_shutdowns(self) -> None:
+        """Act, as its lost ``xl create`` monitor would have, on every shut-down domain
+        that domsnap suspended (:meth:`~workers.drivers.base.Driver.watch_shutdowns`),
+        never on one an operation holds; each action in the guard's log and the audit."""
+        held: list[set[str]] = []  # read once, when the driver first asks
+
+        def busy(uuid: str) -> bool:
+            if not held:
+                held.append(self.busy())
+            return uuid in held[0]
+
+        for event in self.host.driver.watch_shutdowns(busy=busy):
+            self.host.files.guard_record(event)
+            details = {k: v for k, v in event.items()
+                       if k not in ("event", "domain", "name", "outcome", "error")}
+            audit.record(self.host.settings, self.host.store, who="domsnap-guard",
+                         op="domain-on-shutdown", outcome=event.get("outcome", "failed"),
+                         domain=event.get("domain"), name=event.get("name"),
+                         error=event.get("error"), details=details)
 
     def expire(self, uuid: str, marker: dict[str, Any]) -> None:
         job_id = marker["job_id"]

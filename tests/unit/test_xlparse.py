@@ -344,7 +344,7 @@ DOMU = DomainConfig(
     extra="console=hvc0",
     disks=[DiskSpec(vdev="xvda", target="/var/lib/xen/images/d0.qcow2", format="qcow2",
                     access="rw", backendtype="qdisk")],
-    other={"on_reboot": "restart"},
+    other={"on_reboot": "restart", "on_soft_reset": "soft-reset"},
 )
 
 HVM = DomainConfig(
@@ -368,6 +368,7 @@ HVM = DomainConfig(
         "vif": ["mac=00:16:3e:5a:3c:10,bridge=xenbr0,model=e1000,script=vif-bridge"],
         "on_reboot": "restart",
         "on_crash": "rename-restart",
+        "on_soft_reset": "soft-reset",
     },
 )
 
@@ -395,6 +396,7 @@ PVH = DomainConfig(
         "on_poweroff": "preserve",
         "on_reboot": "restart",
         "on_crash": "coredump-restart",
+        "on_soft_reset": "soft-reset",
     },
 )
 
@@ -407,10 +409,15 @@ def test_domain_config_from_fixtures(name: str, expected: DomainConfig) -> None:
     assert domain_config_from_libxl(one_domain(name).config) == expected
 
 
+# libxl's JSON leaves out an action equal to destroy: where xl's default is another one,
+# the translation must say destroy, or an xl.cfg written from it would take xl's default
+OMITTED = {"on_reboot": "destroy", "on_soft_reset": "destroy"}
+
+
 def test_domain_config_of_domain_0() -> None:
     dom0 = parse_list_long(fixture("list-l.txt"))[0]
     assert domain_config_from_libxl(dom0.config) == DomainConfig(
-        name="Domain-0", type="pv", memory=1023, vcpus=1, other={"maxmem": 16777215}
+        name="Domain-0", type="pv", memory=1023, vcpus=1, other={"maxmem": 16777215, **OMITTED}
     )
 
 
@@ -426,9 +433,10 @@ def test_domain_config_type_without_c_info_type(b_info: dict[str, Any], expected
 def test_domain_config_defaults_when_libxl_omits_or_gives_too_little() -> None:
     tiny = {"c_info": {"name": "tiny"}, "b_info": {"target_memkb": 8192, "max_memkb": 8192,
                                                   "max_vcpus": 0}}
-    assert domain_config_from_libxl(tiny) == DomainConfig(name="tiny", type="pv")
+    assert domain_config_from_libxl(tiny) == DomainConfig(name="tiny", type="pv", other=OMITTED)
     assert domain_config_from_libxl({"c_info": {"name": "m"},
-                                     "b_info": {"max_memkb": 262144}}).other == {"maxmem": 256}
+                                     "b_info": {"max_memkb": 262144}}).other == {
+        "maxmem": 256, **OMITTED}
 
 
 def test_domain_config_vcpus_online_and_max() -> None:
@@ -449,11 +457,12 @@ def test_domain_config_boot_fields_top_level_or_legacy_type_pv() -> None:
         "bootloader_args": ["-q"]}}}
     cfg = domain_config_from_libxl(legacy)
     assert (cfg.kernel, cfg.ramdisk, cfg.extra) == ("/k", "/r", "ro")
-    assert cfg.other == {"bootloader": "pygrub", "bootloader_args": ["-q"]}
+    assert cfg.other == {"bootloader": "pygrub", "bootloader_args": ["-q"], **OMITTED}
     top = {"c_info": {"name": "new"}, "b_info": {"kernel": "/top", "bootloader": "pvgrub",
                                                   "cmdline": "", "type.pv": {"kernel": "/k"}}}
     cfg = domain_config_from_libxl(top)
-    assert (cfg.kernel, cfg.extra, cfg.other) == ("/top", None, {"bootloader": "pvgrub"})
+    assert (cfg.kernel, cfg.extra, cfg.other) == ("/top", None, {"bootloader": "pvgrub",
+                                                                  **OMITTED})
 
 
 def test_domain_config_actions_in_xl_cfg_spelling() -> None:
@@ -466,9 +475,18 @@ def test_domain_config_actions_in_xl_cfg_spelling() -> None:
             config = {"c_info": {"name": "a"}, "on_poweroff": value, "on_reboot": value,
                       "on_crash": value, "on_watchdog": value, "on_soft_reset": value}
             assert domain_config_from_libxl(config).other == {
-                "on_poweroff": xl_name, "on_reboot": xl_name, "on_crash": xl_name}
+                "on_poweroff": xl_name, "on_reboot": xl_name, "on_crash": xl_name,
+                "on_watchdog": xl_name, "on_soft_reset": xl_name}
     odd = {"c_info": {"name": "a"}, "on_poweroff": "explode", "on_reboot": 0, "on_crash": True}
-    assert domain_config_from_libxl(odd).other == {}
+    assert domain_config_from_libxl(odd).other == {"on_soft_reset": "destroy"}
+
+
+def test_domain_config_actions_libxl_left_out_are_destroy() -> None:
+    """``on_reboot = "destroy"`` in an xl.cfg: libxl's JSON has no on_reboot; the config
+    domsnap re-creates the domain from must still say destroy (xl's default: restart)."""
+    cfg = domain_config_from_libxl({"c_info": {"name": "a"}, "on_soft_reset": "soft_reset"})
+    assert cfg.other == {"on_reboot": "destroy", "on_soft_reset": "soft-reset"}
+    assert 'on_reboot = "destroy"' in format_domain_config(cfg)
 
 
 def test_domain_config_nics() -> None:
@@ -476,7 +494,7 @@ def test_domain_config_nics() -> None:
         {}, "junk", {"devid": 2, "mac": "00:16:3e:00:00:01", "nictype": "vif", "mtu": 9000,
                      "ifname": "vif-n", "ip": "10.0.0.2 10.0.0.3", "model": ""}]}
     assert domain_config_from_libxl(config).other == {
-        "vif": ["", "mac=00:16:3e:00:00:01,ip=10.0.0.2 10.0.0.3"]}
+        "vif": ["", "mac=00:16:3e:00:00:01,ip=10.0.0.2 10.0.0.3"], **OMITTED}
     assert "vif" not in domain_config_from_libxl({"c_info": {"name": "n"}, "nics": []}).other
     bad = {"c_info": {"name": "n"}, "nics": [{"bridge": "br0,evil=1"}]}
     assert "nic bridge 'br0,evil=1'" in str(parse_error(domain_config_from_libxl, bad))
@@ -512,6 +530,7 @@ def test_format_captured_domu_exactly() -> None:
         'disk = [ "vdev=xvda, format=qcow2, access=rw, backendtype=qdisk, '
         'target=/var/lib/xen/images/d0.qcow2" ]\n'
         'on_reboot = "restart"\n'
+        'on_soft_reset = "soft-reset"\n'
     )
 
 

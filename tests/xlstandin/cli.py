@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.xlstandin import hypervisor
 from tests.xlstandin.domains import Dom, Env, Fail, domains, kill, libxl_error, start_qemu
 from tests.xlstandin.qmp import QMPFailure
 from tests.xlstandin.stream import DHDR_X86_PV, StreamError, StreamReader
@@ -193,6 +194,7 @@ def make_domain(env: Env, config: dict[str, Any], *, paused: bool, failure_rc: i
         dom.set_state(f"creating {os.getpid()}")
     try:
         start_qemu(dom, paused=paused, incoming=restore_fd is not None)
+        hypervisor.spawn(dom)  # before any vCPU runs: no shutdown goes unrecorded
         if restore_fd is not None:
             restore_memory(dom, restore_fd)
         if not paused:

@@ -15,7 +15,8 @@ Layout (``XL_STANDIN_ROOT``)::
 ``XL_STANDIN_RUN_DIR`` plays /var/run/xen: ``qmp-libxl-<domid>`` (the device model's
 QMP socket, for the code under test; absent for a stub-domain device model) and
 ``standin-ctl-<domid>`` (the stand-in's own monitor) and ``standin-mon-<domid>`` (where
-the domain's ``xl create`` monitor daemon hears QEMU's SHUTDOWN events).
+the stand-in's hypervisor hears QEMU's SHUTDOWN events: tests/xlstandin/hypervisor.py).
+``domains/<uuid>/shutdown`` holds the reason of a domain shut down and not yet destroyed.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class Env:
         return self.run_dir / f"standin-ctl-{domid}"
 
     def mon(self, domid: int) -> Path:
-        """The QMP socket the domain's monitor (``xl create``'s daemon) listens on."""
+        """The QMP socket the stand-in's hypervisor listens on for the domain's shutdowns."""
         return self.run_dir / f"standin-mon-{domid}"
 
     def console(self, uuid: str) -> Path:
@@ -312,9 +313,11 @@ def qemu_argv(dom: Dom, *, paused: bool, incoming: bool) -> list[str]:
         argv += ["-qmp", f"unix:{_opt(str(env.qmp_libxl(dom.domid)))},server=on,wait=off"]
     argv += ["-qmp", f"unix:{_opt(str(env.ctl(dom.domid)))},server=on,wait=off",
              "-qmp", f"unix:{_opt(str(env.mon(dom.domid)))},server=on,wait=off",
-             # a reset ends the QEMU process, as a reboot ends a Xen domain: its monitor
-             # then builds a new domain from the stored config (tests/xlstandin/monitor.py)
-             "-no-reboot",
+             # a reset is a shutdown, and a shutdown stops the vCPUs but keeps QEMU (the
+             # domain) until it is destroyed, as Xen keeps a shut-down domain: the stand-in's
+             # hypervisor records the reason, the monitor acts on it
+             # (tests/xlstandin/hypervisor.py, monitor.py)
+             "-no-reboot", "-no-shutdown",
              "-pidfile", str(dom.dir / "qemu.pid"), "-daemonize"]
     if s["kernel"]:
         argv += ["-kernel", s["kernel"]]
@@ -337,8 +340,7 @@ def qemu_argv(dom: Dom, *, paused: bool, incoming: bool) -> list[str]:
                      "file": {"driver": "file", "filename": disk["pdev_path"], "read-only": ro}}),
                  # qdev id = vdev: tests write into a disk with HMP `qemu-io -d <vdev>/...`
                  "-device", f"virtio-blk-pci,drive={node},id={disk['vdev']}"]
-    if paused or incoming:
-        argv.append("-S")
+    argv.append("-S")  # the vCPUs start once the hypervisor listens (cli.make_domain)
     if incoming:
         argv += ["-incoming", "defer"]
     return argv

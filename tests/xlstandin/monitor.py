@@ -19,10 +19,21 @@ What real xl does (tools/xl/xl_vmcontrol.c, Xen 4.17):
 - ``xl config-update DOM CFG`` parses CFG and stores its text as the ``"xl"`` userdata
   (``main_config_update`` in xl_misc.c); ``xl list -l`` still shows the libxl-json view.
 
-In the stand-in a domain's QEMU runs with ``-no-reboot``: a reset (the guest's own, or
-``system_reset`` for ``xl reboot``) ends the QEMU process with a ``SHUTDOWN`` event, which
-the monitor hears on its own QMP socket (``standin-mon-<domid>``). The libxl-json
-userdata is ``domains/<uuid>/config.json``; the ``"xl"`` userdata ``domains/<uuid>/userdata-xl``.
+- On any other shutdown (poweroff, crash, watchdog, soft reset) it takes that
+  reason's ``on_*`` action the same way (defaults: ``on_poweroff``/``on_crash``/
+  ``on_watchdog`` destroy, ``on_soft_reset`` soft-reset); ``preserve`` leaves the domain
+  shut down, ``coredump-*`` dump its core first. A monitor that has exited acts on
+  nothing: the domain stays listed shut down (``---sr-`` after a reboot) until somebody
+  destroys it.
+
+In the stand-in the hypervisor's side (recording that and why a domain shut down) is
+tests/xlstandin/hypervisor.py: QEMU runs with ``-no-reboot -no-shutdown``, so a reset
+(the guest's own, or ``system_reset`` for ``xl reboot``) stops the vCPUs and keeps the
+domain, and the reason lands in ``domains/<uuid>/shutdown``, which this monitor polls
+as libxl waits for the domain-death event. The stand-in does not write cores
+(``coredump-*`` log the dump and go on), and rebuilds a fresh domain for
+``rename-restart`` and ``soft-reset``. The libxl-json userdata is
+``domains/<uuid>/config.json``; the ``"xl"`` userdata ``domains/<uuid>/userdata-xl``.
 """
 
 from __future__ import annotations
@@ -34,17 +45,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tests.xlstandin import hypervisor
 from tests.xlstandin.cli import err, find_domain, make_domain, opts, xl_config
 from tests.xlstandin.domains import Dom, Env, Fail, _load, domains, kill
-from tests.xlstandin.qmp import QMP, QMPFailure
+from tests.xlstandin.qmp import QMPFailure
 
 USERDATA_XL = "userdata-xl"  # /var/lib/xen/userdata-d.<domid>.<uuid>.xl
 SUSPEND_SEEN = "suspend-seen"  # written by `xl save` once the guest suspended
 
-# QEMU's SHUTDOWN reasons under -no-reboot, as Xen's shutdown reason codes
-_REBOOT = {"guest-reset", "host-qmp-system-reset"}
-_CRASH = {"guest-panic"}
-_POWEROFF = {"guest-shutdown"}
 
 
 def spawn_monitor(env: Env, dom: Dom) -> None:
@@ -84,23 +92,36 @@ def _say(text: str) -> None:
 
 
 def watch(env: Env, dom: Dom) -> int:
-    """The monitor's loop: follow the domain through its reboots until it dies."""
+    """The monitor's loop (``create_domain``'s event loop with ``handle_domain_death``):
+    follow the domain through its restarts until it is gone or the action ends it."""
     while True:
         _say(f"Waiting for domain {dom.name} (domid {dom.domid}) to die [pid {os.getpid()}]")
-        why = _wait_death(env, dom)
+        why = _wait_death(dom)
         if why == "suspend":
             _say("Domain has suspended.")
             _say("Done. Exiting now")
             return 0
-        if why != "reboot":
-            _say(f"Domain {dom.domid} has been destroyed ({why}).")
+        if why not in hypervisor.REASONS:
+            _say(f"Domain {dom.domid} has been destroyed.")
             return 0
-        _say(f"Domain {dom.domid} has shut down, reason code 1 0x1")
-        action = str(dom.config.get("on_reboot", "restart"))
-        _say(f"Action for shutdown reason code 1 is {action}")
-        if action not in ("restart", "rename-restart"):
+        code = hypervisor.REASONS[why]
+        _say(f"Domain {dom.domid} has shut down, reason code {code} 0x{code:x}")
+        action = action_for(dom.config, why)
+        _say(f"Action for shutdown reason code {code} is {action}")
+        if action.startswith("coredump-"):
+            # the stand-in writes no core (xl: "No point crying over spilled milk")
+            _say(f"dumping core to /var/lib/xen/dump/{dom.name}")
+            action = "destroy" if action == "coredump-destroy" else "restart"
+        if action == "preserve":
+            _say("Done. Exiting now")  # the domain stays shut down until destroyed
+            return 0
+        if action not in ("restart", "rename-restart", "soft-reset"):
+            _say(f"Domain {dom.domid} needs to be cleaned up: destroying the domain")
             kill(dom)
+            _say("Done. Exiting now")
             return 0
+        # rename-restart: xl keeps the old domain under a new name and uuid, soft-reset
+        # re-uses its memory; the stand-in rebuilds a fresh domain for both
         config = reload_config(dom)
         _say(f"Domain {dom.domid} needs to be cleaned up: destroying the domain")
         kill(dom)
@@ -113,24 +134,35 @@ def watch(env: Env, dom: Dom) -> int:
             return 1
 
 
-def _wait_death(env: Env, dom: Dom) -> str:
-    """``reboot``, ``suspend``, or how else the domain ended."""
-    reason = None
-    try:
-        with QMP(str(env.mon(dom.domid)), timeout=10, greeting_timeout=10) as q:
-            while True:
-                if (dom.dir / SUSPEND_SEEN).exists():
-                    return "suspend"
-                event = q.next_event(0.25)
-                if event is not None and event.get("event") == "SHUTDOWN":
-                    reason = str(event.get("data", {}).get("reason"))
-    except QMPFailure:
-        pass  # QEMU closed the socket: it exited
-    if reason in _REBOOT:
-        return "reboot"
-    if reason in _CRASH:
-        return "crash"
-    return "poweroff" if reason in _POWEROFF else f"gone: {reason}"
+# libxl's defaults for an xl.cfg that names no action; libxl's JSON (the stored config)
+# leaves out an action equal to "destroy"
+DEFAULT_ACTIONS = {"poweroff": "destroy", "reboot": "restart", "suspend": "destroy",
+                   "crash": "destroy", "watchdog": "destroy", "soft_reset": "soft-reset"}
+_JSON_ACTIONS = {"destroy": "destroy", "restart": "restart", "restart_rename": "rename-restart",
+                 "preserve": "preserve", "coredump_destroy": "coredump-destroy",
+                 "coredump_restart": "coredump-restart", "soft_reset": "soft-reset"}
+
+
+def action_for(config: dict[str, Any], reason: str) -> str:
+    """The ``on_<reason>`` action of a libxl-shaped config, in xl.cfg spelling."""
+    raw = config.get(f"on_{reason}")
+    if raw is None:
+        return "destroy"  # the JSON omits the default value
+    return _JSON_ACTIONS.get(str(raw), "destroy")
+
+
+def _wait_death(dom: Dom) -> str:
+    """``suspend``, a shutdown reason the hypervisor recorded, or ``destroyed`` (QEMU
+    gone): what libxl's domain-death event reports."""
+    while True:
+        if (dom.dir / SUSPEND_SEEN).exists():
+            return "suspend"
+        reason = hypervisor.reason_of(dom)
+        if reason is not None:
+            return reason
+        if dom.pid() is None:
+            return "destroyed"
+        time.sleep(0.05)
 
 
 def reload_config(dom: Dom) -> dict[str, Any]:
@@ -169,9 +201,42 @@ def cmd_reboot(env: Env, args: list[str]) -> int:
         if target.pid() is not None:  # not merely QEMU ending before it answered
             raise
     if flags & {"-w", "--wait"}:
-        while any(d.domid == domid for d in domains(env)):
-            time.sleep(0.05)
-        err(f"Domain {domid} has been shut down, reason code 1")
+        _wait_shutdown(env, domid)
+    return 0
+
+
+def _wait_shutdown(env: Env, domid: int) -> None:
+    """xl's ``-w``: until the domain is shut down (with no monitor it stays so) or gone."""
+    while True:
+        dom = next((d for d in domains(env) if d.domid == domid), None)
+        if dom is None:
+            err(f"Domain {domid} has been destroyed.")
+            return
+        reason = hypervisor.reason_of(dom)
+        if reason is not None:
+            err(f"Domain {domid} has been shut down, reason code {hypervisor.REASONS[reason]}")
+            return
+        time.sleep(0.05)
+
+
+def cmd_shutdown(env: Env, args: list[str]) -> int:
+    """``xl shutdown [-w] DOM``: a PV guest obeys the xenstore request by shutting down
+    (``SCHEDOP_shutdown``, reason poweroff); the stand-in acts for its hypercall."""
+    found, rest = opts(args, "shutdown", "awFc", ["all", "wait"], 0)
+    flags = {o for o, _ in found}
+    if not rest:
+        if flags & {"-a", "--all"}:
+            raise Fail(1, "xl (test stand-in): shutdown -a is not implemented")
+        err("You must specify -a or a domain id.\n")
+        return 1
+    target = find_domain(env, rest[0])
+    domid = target if isinstance(target, int) else target.domid
+    err(f"Shutting down domain {domid}")
+    if isinstance(target, int):
+        raise Fail(1, "shutdown failed (rc=-3)")
+    hypervisor.guest_shutdown(target, "poweroff")
+    if flags & {"-w", "--wait"}:
+        _wait_shutdown(env, domid)
     return 0
 
 

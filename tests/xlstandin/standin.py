@@ -8,7 +8,7 @@ automatically named ``#blockNNN`` protocol node). Stdlib only, no domsnap import
 
 Verbs: create, list [-l], domid, domname, pause, unpause, destroy, save [-c] [-p],
 restore [-p] [-e], migrate [-C CFG] [-s CMD] [-e] [-F] [-p] [-D] [--debug], reboot [-w],
-config-update. Global options ``-v`` (repeatable: ``-vvv`` prints the libxl debug lines
+shutdown [-w], config-update. Global options ``-v`` (repeatable: ``-vvv`` prints the libxl debug lines
 the stand-in knows, around a suspend and a resume), ``-t``, ``-T`` (passed on in
 ``migrate``'s rune), ``-f``, ``-N`` (accepted). ``create`` and ``restore`` leave a
 monitor daemon per domain, as xl does, that rebuilds the domain from its stored
@@ -35,9 +35,10 @@ stream bytes, PAGE_DATA records, the first record sent after the suspend),
 Modules: standin (entry point; create, list, domid, domname, pause, unpause,
 destroy), saverestore (save, restore), migrate (migrate), stream (the libxl/libxc
 stream framing shared by save, restore and migrate), monitor (the monitor daemon,
-reboot, config-update), cli (option parsing, lookups, starting and restoring a
-domain), domains (state on disk, locking, QEMU processes), xlcfg (xl.cfg subset,
-libxl-shaped config, libxl's JSON layout), qmp (a tiny QMP client).
+reboot, shutdown, config-update), hypervisor (shutdowns recorded whoever listens), cli
+(option parsing, lookups, starting and restoring a domain), domains (state on disk,
+locking, QEMU processes), xlcfg (xl.cfg subset, libxl-shaped config, libxl's JSON
+layout), qmp (a tiny QMP client).
 
 Facts taken from xl's sources rather than assumed:
 - ``xl save`` opens FILE O_WRONLY|O_CREAT|O_TRUNC with mode 0644 (xl_saverestore.c),
@@ -90,12 +91,17 @@ Where the stand-in differs from Xen (accepted, on purpose):
   ``<vdev>-<format>``); on Xen blkback serves them and the device model never sees
   them. cdroms are not attached at all.
 - Run states are r----- (running) or --p--- (anything else); never -b----; ---ss- for a
-  domain whose `xl save` died after the suspend (`xl unpause` does not resume it).
+  domain whose `xl save` died after the suspend (`xl unpause` does not resume it);
+  ---s?- for a domain shut down that nobody destroyed (see below).
 - A uuid already in use by a live domain is refused (Xen would allow it): the
   stand-in keeps its state per uuid.
 - Destroy stops QEMU with SIGTERM (a clean exit, images closed).
-- A reboot ends the QEMU process (``-no-reboot``) and the monitor builds the new one at
-  once: ``xl list`` never shows the rebooting domain shut down (``---s-r``).
+- A shutdown (a reset is one: ``-no-reboot``) stops QEMU's vCPUs and keeps the process
+  (``-no-shutdown``); the stand-in's hypervisor records the reason
+  (tests/xlstandin/hypervisor.py) and ``xl list`` shows ``---sr-``, ``---s--``, ``---sc-``
+  until the monitor (or, with none, somebody) destroys the domain. ``xl shutdown`` stops
+  the vCPUs and records ``poweroff`` for the guest. Guests crash only through a
+  ``SHUTDOWN`` event of reason ``guest-panic`` (no pvpanic device is attached).
 - Test hooks, not in xl: see the knobs above.
 """
 
@@ -106,6 +112,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.xlstandin import hypervisor
 from tests.xlstandin.cli import (
     GLOBALS,
     err,
@@ -118,7 +125,7 @@ from tests.xlstandin.cli import (
 )
 from tests.xlstandin.domains import Dom, Env, Fail, domains, kill, libxl_error, wait_finalized
 from tests.xlstandin.migrate import cmd_migrate
-from tests.xlstandin.monitor import cmd_config_update, cmd_reboot, spawn_monitor
+from tests.xlstandin.monitor import cmd_config_update, cmd_reboot, cmd_shutdown, spawn_monitor
 from tests.xlstandin.qmp import QMPFailure
 from tests.xlstandin.saverestore import SUSPENDED, cmd_restore, cmd_save
 from tests.xlstandin.xlcfg import DOM0_CONFIG, libxl_json
@@ -202,6 +209,8 @@ def cmd_list(env: Env, args: list[str]) -> int:
         b_info = e.config["b_info"]
         if (e.dir / SUSPENDED).exists():
             state = "---ss-"
+        elif (reason := hypervisor.reason_of(e)) is not None:
+            state = hypervisor.flags_for(reason)  # shut down, nobody destroyed it yet
         else:
             state = "r-----" if e.run_state() == "running" else "--p---"
         lines.append(_row(e.name, e.domid, int(b_info.get("target_memkb", 0)) // 1024,
@@ -263,8 +272,8 @@ def cmd_pause(env: Env, args: list[str], *, unpause: bool) -> int:
                 libxl_error("libxl_domain.c:593:libxl_domain_pause", target,
                             "Pausing domain: No such process"))
         return 0
-    if unpause and (target.dir / SUSPENDED).exists():
-        return 0  # unpauses the vCPUs of a domain that stays shut down for its suspend
+    if unpause and ((target.dir / SUSPENDED).exists() or hypervisor.reason_of(target)):
+        return 0  # unpauses the vCPUs of a domain that stays shut down
     with target.control() as q:
         if unpause:
             status = wait_finalized(q)
@@ -341,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_migrate(env, rest)
         if verb == "reboot":
             return cmd_reboot(env, rest)
+        if verb == "shutdown":
+            return cmd_shutdown(env, rest)
         if verb == "config-update":
             return cmd_config_update(env, rest)
         if verb in XL_VERBS:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from domsnap.errors import QMPError
+from domsnap.errors import QMPError, Refused
 from workers.drivers.base import DiskOp
 
 _PROTOCOL_DRIVERS = {"file", "host_device", "host_cdrom", "nbd", "iscsi", "rbd"}
@@ -61,3 +61,25 @@ def overlay_node_name(vdev: str, name: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
     return f"ds-{vdev[:8]}-{safe[:10]}-{digest}"
+
+
+def served_strategies(nodes: list[dict[str, Any]], ops: list[DiskOp],
+                      out: list[str]) -> list[str]:
+    """``out`` (a strategy per op) checked against the device model's block nodes: a
+    ``qmp`` disk the device model does not serve is taken offline in a save/restore
+    window instead; an image open in two nodes (an HVM domain's emulated drive beside
+    its PV one) is refused, since a snapshot through one node would corrupt what the
+    other caches."""
+    checked = []
+    for op, strategy in zip(ops, out, strict=True):
+        if strategy == "qmp":
+            found = format_nodes_for(nodes, op.path)
+            if len(found) > 1:
+                raise Refused(
+                    f"disk {op.vdev}: {op.path} is open in {len(found)} block nodes of the "
+                    f"device model ({', '.join(found)}), e.g. an HVM domain's emulated drive "
+                    "beside its PV one: not supported (shut the domain off, or snapshot "
+                    "after the guest's PV drivers unplugged the emulated one)")
+            strategy = "qmp" if found else "save-restore"
+        checked.append(strategy)
+    return checked

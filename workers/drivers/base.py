@@ -12,7 +12,7 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from domsnap.errors import UnknownDomain
 from schemas.config import DomainConfig
@@ -113,6 +113,15 @@ class Driver(abc.ABC):
         wait for a window still held (start-up recovery), else leave it (the guard).
         Only Xen's save/restore fallback has such windows: elsewhere nothing to do."""
         return 0
+
+    def watch_shutdowns(self, *, busy: Callable[[str], bool]) -> list[dict[str, Any]]:
+        """Act on the shutdowns of domains whose toolstack monitor is gone, as it would
+        have (Xen: ``xl create``'s monitor exits at the first suspend, so after a memory
+        snapshot domsnap takes the config's ``on_reboot`` etc.); skip a domain for which
+        ``busy(uuid)`` (an operation holds it). One event (a JSON-able dict) per action,
+        for the guard's log and the audit. The host's guard calls it every round; only
+        Xen loses its monitor: elsewhere there is nothing to do."""
+        return []
 
     def resume_suspended(self, uuid: str) -> bool:
         """Resume a domain that a suspend left shut down and nobody resumed (Xen: an

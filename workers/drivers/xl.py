@@ -40,11 +40,12 @@ from domsnap.errors import CommandFailed, DomsnapError, Refused, UnknownDomain
 from schemas.config import DomainConfig
 from schemas.models import DiskInfo, DomainInfo
 from workers.block import qmpblock
-from workers.block.blocknodes import format_nodes_for, snapshot_actions
+from workers.block.blocknodes import served_strategies, snapshot_actions
 from workers.block.lvm import Lvm
 from workers.block.qemu_img import QemuImg
 from workers.block.qmp import QMPClient
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
+from workers.drivers.xlmonitor import MonitorMarks, Watcher
 from workers.drivers.xlparse import XlDomain, parse_list_long, parse_list_rows
 from workers.drivers.xlregistry import Entry, Registry
 from workers.drivers.xlrestart import adopt, push_stored_config
@@ -71,8 +72,11 @@ class XlDriver(Driver):
     def __init__(self, state_dir: Path, runner: Runner, *, img: QemuImg, lvm: Lvm,
                  binary: str = "xl", xen_run_dir: Path = Path("/var/run/xen"),
                  timeout: float = 600.0, qmp_timeout: float = 30.0,
-                 xen_python_dir: Path | None = None) -> None:
+                 xen_python_dir: Path | None = None,
+                 dump_dir: Path = Path("/var/lib/xen/dump")) -> None:
         self.registry = Registry(state_dir)
+        self.monitors = MonitorMarks(state_dir / "xl" / "nomonitor")
+        self.watcher = Watcher(self, self.monitors, dump_dir)
         self.xen_python_dir = xen_python_dir
         self.scratch = state_dir / "xl" / "scratch"
         self.windows = WindowMarks(state_dir / "xl" / "windows")
@@ -228,6 +232,16 @@ class XlDriver(Driver):
             blocking=blocking, running=lambda u: self._lookup(u) is not None, restore=restore,
             wait=lambda f: wait_for_saves(self.binary, file=f, timeout=self.timeout))
 
+    def monitor_lost(self, uuid: str, domid: int, cause: str) -> bool:
+        """Call before anything suspends instance ``domid`` (``xl save``, ``xl migrate``):
+        its ``xl create`` monitor exits at the suspend, so domsnap acts on its shutdowns
+        from now on (:mod:`workers.drivers.xlmonitor`). Whether it had one until now."""
+        return self.monitors.lost(uuid, domid, cause)
+
+    def watch_shutdowns(self, *, busy: Callable[[str], bool]) -> list[dict[str, Any]]:
+        """The guard's round: the on_* action of every domain without a monitor."""
+        return self.watcher.round(busy)
+
     def destroy(self, uuid: str) -> None:
         found = self._lookup(uuid)
         if found is not None:
@@ -245,6 +259,7 @@ class XlDriver(Driver):
             self._xl("restore", *flags, str(path), str(memory_file), outlive=True)
         else:
             self._xl("create", *flags, str(path), timeout=300, outlive=True)
+        self.monitors.clear(uuid)  # a new instance, with the monitor xl just spawned
         found = self._lookup(uuid)
         with self.registry.locked():
             self.registry.put(uuid, Entry(config=cfg, domid=found[0] if found else None))
@@ -275,25 +290,10 @@ class XlDriver(Driver):
         return out
 
     def _check_served(self, domid: int, ops: list[DiskOp], out: list[str]) -> list[str]:
-        """Ask the device model (one short QMP session) which images it serves: a disk
-        it does not serve is taken offline in a save/restore window; an image open in
-        two nodes (an HVM domain's emulated drive beside its PV one) is refused, since
-        a snapshot through one node would corrupt what the other caches."""
+        """Ask the device model (one short QMP session) which images it serves
+        (:func:`workers.block.blocknodes.served_strategies`)."""
         with self._qmp(domid) as q:
-            nodes = q.execute("query-named-block-nodes")
-        checked = []
-        for op, strategy in zip(ops, out, strict=True):
-            if strategy == "qmp":
-                found = format_nodes_for(nodes, op.path)
-                if len(found) > 1:
-                    raise Refused(
-                        f"disk {op.vdev}: {op.path} is open in {len(found)} block nodes of the "
-                        f"device model ({', '.join(found)}), e.g. an HVM domain's emulated drive "
-                        "beside its PV one: not supported (shut the domain off, or snapshot "
-                        "after the guest's PV drivers unplugged the emulated one)")
-                strategy = "qmp" if found else "save-restore"
-            checked.append(strategy)
-        return checked
+            return served_strategies(q.execute("query-named-block-nodes"), ops, out)
 
     # ------------------------------------------------------------ create
 
@@ -336,10 +336,13 @@ class XlDriver(Driver):
             # timeout): it runs just until it has suspended; after the save it is paused
             # (-p) or restored paused.
             self._xl("unpause", str(domid), timeout=60)
+        new = self.monitor_lost(uuid, domid, "xl save")  # its monitor exits at the suspend
         try:
             self._xl("save", *flags, str(domid), str(file), outlive=True)
         except CommandFailed as exc:
             file.unlink(missing_ok=True)
+            if new and any(s in exc.stderr for s in NO_SUSPEND):
+                self.monitors.clear(uuid, domid)  # never suspended: the monitor still runs
             self._resume_after_failed_save(uuid, was_running)
             if any(s in exc.stderr for s in NO_SUSPEND) or exc.returncode is None:
                 err = CommandFailed(exc.argv, exc.returncode, exc.stderr, exc.stdout)

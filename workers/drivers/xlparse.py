@@ -74,6 +74,9 @@ _ACTIONS = {
     "soft_reset": "soft-reset",
 }
 _ACTION_VALUES = dict(enumerate(_ACTIONS, start=1))  # DESTROY = 1 ... SOFT_RESET = 7
+# what xl's parse_config_data sets when an xl.cfg names no action (xl.cfg(5))
+_XL_DEFAULT_ACTIONS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_watchdog": "destroy",
+                       "on_crash": "destroy", "on_soft_reset": "soft-reset"}
 _SPEC_FORMATS: dict[str, DiskFormat] = {f: f for f in get_args(DiskFormat)}
 _TYPES: dict[str, DomainType] = {"pv": "pv", "pvh": "pvh", "hvm": "hvm"}
 _VIF_KEYS = ("mac", "bridge", "model", "ip", "script")
@@ -305,7 +308,8 @@ def domain_config_from_libxl(config: dict[str, Any]) -> DomainConfig:
     libxl keeps the maximum in ``max_vcpus`` and the online ones in the
     ``avail_vcpus`` bitmap, so both come back. Keys without a DomainConfig field go
     to ``other`` in xl.cfg syntax (``maxmem``, ``maxvcpus``, ``bootloader``,
-    ``bootloader_args``, ``vif``, ``on_poweroff``/``on_reboot``/``on_crash``,
+    ``bootloader_args``, ``vif``, ``on_poweroff``/``on_reboot``/``on_watchdog``/``on_crash``/
+    ``on_soft_reset``,
     ``device_model_stubdomain_override``)."""
     if not isinstance(config, dict):
         raise XlParseError("a libxl domain config must be an object", repr(config))
@@ -348,8 +352,14 @@ def domain_config_from_libxl(config: dict[str, Any]) -> DomainConfig:
     nics = config.get("nics")
     if isinstance(nics, list) and (vifs := [_vif(n) for n in nics if isinstance(n, dict)]):
         other["vif"] = vifs
-    for key in ("on_poweroff", "on_reboot", "on_crash"):
+    for key, xl_default in _XL_DEFAULT_ACTIONS.items():
         action = config.get(key)
+        if action is None:
+            # libxl's JSON leaves out an action equal to destroy; written back into an
+            # xl.cfg, a missing one would take xl's default (on_reboot = restart)
+            if xl_default != "destroy":
+                other[key] = "destroy"
+            continue
         if isinstance(action, int) and not isinstance(action, bool):
             action = _ACTION_VALUES.get(action)
         if isinstance(action, str) and action.lower() in _ACTIONS:
