@@ -8,8 +8,8 @@ automatically named ``#blockNNN`` protocol node). Stdlib only, no domsnap import
 
 Verbs: create, list [-l], domid, domname, pause, unpause, destroy, save [-c] [-p],
 restore [-p] [-e], migrate [-C CFG] [-s CMD] [-e] [-F] [-p] [-D] [--debug], reboot [-w],
-shutdown [-w], config-update. Global options ``-v`` (repeatable: ``-vvv`` prints the libxl debug lines
-the stand-in knows, around a suspend and a resume), ``-t``, ``-T`` (passed on in
+shutdown [-w], config-update. Global options ``-v`` (repeatable: ``-vvv`` prints the
+libxl debug lines the stand-in knows, around a suspend and a resume), ``-t``, ``-T`` (passed on in
 ``migrate``'s rune), ``-f``, ``-N`` (accepted). ``create`` and ``restore`` leave a
 monitor daemon per domain, as xl does, that rebuilds the domain from its stored
 config when it reboots (tests/xlstandin/monitor.py).
