@@ -57,8 +57,10 @@ def stream(rounds: list[list[int]], *, config: bytes = b'{"c_info": {"name": "d"
     return xl_header(config) + libxl + rec(0, b"")
 
 
-def parse(data: bytes, cuts: list[int] | None = None, *, limit: int | None = None) -> tuple[list[xs.Event],
-                                                                           xs.StreamParser]:
+Parsed = tuple[list[xs.Event], xs.StreamParser]
+
+
+def parse(data: bytes, cuts: list[int] | None = None, *, limit: int | None = None) -> Parsed:
     p = xs.StreamParser(limit=limit)
     events: list[xs.Event] = []
     last = 0
