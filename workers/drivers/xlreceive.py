@@ -180,8 +180,8 @@ class Receiver:
                     self._mark("libxc")
                 elif ev.name == "PAGE_DATA":
                     now = time.time()
-                    if self.parser.counts.rounds != rounds:
-                        rounds = self.parser.counts.rounds
+                    if ev.round != rounds:
+                        rounds = ev.round
                         self.report.round_starts.append(now)
                         self.report.round_ends.append(now)
                     self.report.round_ends[-1] = now

@@ -99,6 +99,7 @@ class Event:
     name: str = ""
     length: int = 0
     pages: int = 0
+    round: int = 0  # PAGE_DATA: the precopy round it belongs to (see Counts)
 
 
 @dataclass
@@ -375,7 +376,8 @@ class StreamParser:
         self.counts.pages += pages
         start = self._start - 16  # the record header and count came before the pfns
         self._body(length, prefix=8 + 8 * count)
-        return Event("libxc-record", start, name="PAGE_DATA", length=length, pages=pages)
+        return Event("libxc-record", start, name="PAGE_DATA", length=length, pages=pages,
+                     round=self.counts.rounds)
 
     def _padding(self, chunk: bytes) -> None:
         if any(chunk):
