@@ -143,3 +143,27 @@ def test_an_existing_memory_file_is_never_overwritten(tmp_path: Path) -> None:
     code, _, err = run(request(tmp_path), stream([[0]]))
     assert code == 1 and "exists" in err
     assert mem.read_bytes() == b"keep"
+
+
+def test_no_disk_snapshot_once_the_sender_is_gone(tmp_path: Path) -> None:
+    """xl killed after the suspend: its end of the stream closes; the receiver, held
+    just before its transaction, then takes no disk snapshot (nobody would undo it)."""
+    env = {"DOMSNAP_FAULT": "xl-receive-fsynced:hold", "DOMSNAP_STATE_DIR": str(tmp_path)}
+    req = request(tmp_path)
+    proc = subprocess.Popen(["sh", "-c", f"exec {rune(req)} domsnap xl migrate-receive"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(len(BANNER)) == BANNER
+    proc.stdin.write(stream([[0, 1]]))
+    proc.stdin.close()  # the sender dies with the whole stream sent
+    time.sleep(0.5)
+    (tmp_path / "release-xl-receive-fsynced").touch()
+    assert proc.stdout.read() == b""
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "xl is gone" in err
+    rep = read_report(tmp_path / "report.json")
+    assert rep is not None and rep.end_received and not rep.transaction_done
+    assert not (tmp_path / "snap" / "s1.save").exists()

@@ -45,6 +45,7 @@ from workers.block import qmpblock
 from workers.block.blocknodes import snapshot_actions
 from workers.drivers.base import DiskOp, LiveResult, Progress
 from workers.drivers.xlreceive import Report, read_report, rune
+from workers.drivers.xlsave import wait_for_saves
 from workers.hostio import faults
 from workers.hostio.fsutil import atomic_write, fsync_path
 from workers.hostio.space import MiB, Need, require
@@ -144,6 +145,8 @@ def capture_live(drv: XlDriver, uuid: str, domid: int, *, name: str, memory_file
             stderr, code = exc.stderr, exc.returncode
         resumed_at = time.time()
         faults.point("xl-live-after")
+        # xl waits for its receiver; one that outlived a killed xl may still be running
+        wait_for_saves(drv.binary, domid=domid, timeout=drv.timeout)
         report = read_report(run.report)
         _check(drv, uuid, domid, stderr, code, report, memory_file, actions)
         assert report is not None

@@ -102,9 +102,17 @@ def rune(request: Path) -> str:
 
 def _fault(name: str) -> None:
     """Test hook: ``DOMSNAP_FAULT=xl-receive-<name>`` kills this process (only this one:
-    xl, in the same process group, must live on to resume the guest)."""
-    if os.environ.get(FAULT_ENV) == f"xl-receive-{name}":
+    xl, in the same process group, must live on to resume the guest);
+    ``xl-receive-<name>:hold`` stops here until ``$DOMSNAP_STATE_DIR/release-xl-receive-
+    <name>`` exists (at most 10 minutes), as :func:`workers.hostio.faults.point` does."""
+    armed = os.environ.get(FAULT_ENV)
+    if armed == f"xl-receive-{name}":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif armed == f"xl-receive-{name}:hold":
+        flag = Path(os.environ.get("DOMSNAP_STATE_DIR", ".")) / f"release-xl-receive-{name}"
+        deadline = time.monotonic() + 600
+        while not flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -146,6 +154,7 @@ class Receiver:
             self.report.fsynced = True
             self._mark("fsynced")
             _fault("fsynced")
+            self._sender_alive()
             self.report.phase = "transaction"
             self._transaction()
             self.report.phase = "done"
@@ -190,6 +199,18 @@ class Receiver:
                 _fault("streaming")
         self.report.end_received = True
         self._mark("end")
+
+    def _sender_alive(self) -> None:
+        """xl keeps its end of the stream open while it waits for the "ready" message; an
+        EOF now means it died (killed after the suspend): no disk snapshot then, for
+        nobody would report or undo it."""
+        poller = select.poll()
+        poller.register(self.stdin, select.POLLIN | select.POLLHUP)
+        if poller.poll(0):
+            extra = os.read(self.stdin, 64)
+            raise ReceiveError("the sender closed the stream after its end: xl is gone, no "
+                               "disk snapshot taken" if not extra else
+                               f"{len(extra)}+ byte(s) after the end of the stream")
 
     def _expecting(self) -> str:
         try:
