@@ -23,11 +23,12 @@ live path before the suspend, with the guest untouched: :class:`LiveRefused`, an
 caller falls back to ``xl save -p`` in the same job, recording why. So does too little
 free space for the stream (larger than RAM when the guest dirties pages).
 
-Pause window: the guest is suspended after the next-to-last precopy round reached the
-receiver (the receiver timestamps every round) and runs again once xl has resumed it,
-just before xl exits (xl waits for the receiver to exit, then resumes the guest, then
-exits: ``tools/xl/xl_migrate.c``): ``pause_ms`` spans from the one to the other, on the
-safe side.
+Pause window (:func:`pause_window`): xl runs with ``-vvv`` and the runner hands over
+each line of its stderr as it is written, timestamped here: from libxl's "guest has
+suspended" to the completion of the resume that follows "resuming at sender" (xl
+waits for the receiver to exit, then resumes the guest, then exits:
+``tools/xl/xl_migrate.c``). Without those lines, the receiver's round timestamps and
+xl's exit bound it from above.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ STRATEGIES = ("live", "save")
 LOGDIRTY_REFUSED = "Failed to enable logdirty"  # xc, when the hypervisor has no log-dirty
 FAILED_SUSPEND = "failed to suspend at sender"  # xl: libxl_domain_suspend failed
 RESUMING = "resuming at sender"  # xl: the intended end (the receiver sent no "ready")
+SUSPENDED_LINE = "guest has suspended"  # libxl debug (-vvv): the suspend is done
+RESUME_DONE = "libxl__ao_complete"  # libxl debug (-vvv): an AO (here the resume) completed
 NO_SUSPEND = ("acknowledge suspend", "guest didn't suspend", "did not suspend",
               "suspend request")
 HOST_WORD = "domsnap"  # the HOST xl passes to the rune; the receiver ignores it
@@ -136,14 +139,16 @@ def capture_live(drv: XlDriver, uuid: str, domid: int, *, name: str, memory_file
         t0 = time.monotonic()
         faults.point("xl-live-before")
         code: int | None
+        seen: list[tuple[float, str]] = []  # xl's stderr lines, timestamped as they come
         try:
             done = drv.runner([drv.binary, "-vvv", "migrate", "-s", rune(run.request),
                                str(domid), HOST_WORD], timeout=drv.timeout, check=False,
-                              outlive=True)
+                              outlive=True,
+                              stderr_lines=lambda ln: seen.append((time.time(), ln)))
             stderr, code = done.stderr, done.returncode
         except CommandFailed as exc:  # timed out: xl and the receiver were killed
             stderr, code = exc.stderr, exc.returncode
-        resumed_at = time.time()
+        exited_at = time.time()
         faults.point("xl-live-after")
         # xl waits for its receiver; one that outlived a killed xl may still be running
         wait_for_saves(drv.binary, domid=domid, timeout=drv.timeout)
@@ -154,7 +159,7 @@ def capture_live(drv: XlDriver, uuid: str, domid: int, *, name: str, memory_file
         result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
         result.memory_bytes = memory_file.stat().st_size
         result.disks_ms = report.transaction_ms or 0.0
-        result.pause_ms = _pause_ms(report, resumed_at)
+        result.pause_ms = pause_window(seen, report, exited_at)
         result.memory_page_records = report.page_data_records
         result.memory_rounds = report.rounds
         return result
@@ -162,14 +167,25 @@ def capture_live(drv: XlDriver, uuid: str, domid: int, *, name: str, memory_file
         run.remove()
 
 
-def _pause_ms(report: Report, resumed_at: float) -> float:
-    """From the suspend (after the next-to-last round; the stream's start when there was
-    one round) to xl's exit, which comes right after its resume: an upper bound."""
-    if len(report.round_ends) >= 2:
-        suspended = report.round_ends[-2]
-    else:
-        suspended = report.times.get("stream", report.times.get("started", resumed_at))
-    return round(max(0.0, resumed_at - suspended) * 1000, 3)
+def pause_window(lines: list[tuple[float, str]], report: Report, exited_at: float) -> float:
+    """The guest's pause in ms: from libxl's ``guest has suspended`` (its debug line at
+    ``-vvv``, ``suspend_common_wait_guest_check`` in ``libxl_dom_suspend.c``) to the end
+    of the resume after ``resuming at sender`` (``libxl_domain_resume``'s AO completing:
+    ``libxl__ao_complete``), as timestamped when xl wrote them. Where a line is missing:
+    the suspend after the receiver's next-to-last round (the stream's start when it
+    told one round apart), the end at xl's exit, just after its resume; on the safe side."""
+    suspended = next((t for t, ln in lines if SUSPENDED_LINE in ln), None)
+    if suspended is None:
+        if len(report.round_ends) >= 2:
+            suspended = report.round_ends[-2]
+        else:
+            suspended = report.times.get("stream", report.times.get("started", exited_at))
+    resumed = exited_at
+    after = [t for t, ln in lines if RESUMING in ln]
+    if after:
+        resumed = next((t for t, ln in lines if t >= after[0] and RESUME_DONE in ln),
+                       exited_at)
+    return round(max(0.0, resumed - suspended) * 1000, 3)
 
 
 def _check(drv: XlDriver, uuid: str, domid: int, stderr: str, code: int | None,
