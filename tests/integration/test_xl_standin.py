@@ -30,6 +30,7 @@ from tests.integration.cluster import standin_env
 from tests.vm.guest import count_boots, ensure_guest, read_ticks, wait_for_tick
 from tests.xlstandin.qmp import QMP
 from tests.xlstandin.saverestore import save_optdata
+from tests.xlstandin.stream import Parsed, StreamReader
 from tests.xlstandin.xlcfg import CfgError, libxl_json, parse_disk, parse_xl_cfg, to_libxl
 
 pytestmark = [pytest.mark.integration]
@@ -157,6 +158,23 @@ def xen(tmp_path: Path) -> Iterator[Xen]:
     finally:
         x.kill_all()
         shutil.rmtree(run, ignore_errors=True)
+
+
+def parse_stream(path: Path, offset: int) -> tuple[Parsed, bytes]:
+    """The libxl stream in a save file from ``offset`` on: what the framing held, and
+    the PAGE_DATA payload (QEMU's stream, zero-padded to a page)."""
+    payload = bytearray()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        reader = StreamReader(fd, 0)
+        reader.head()
+        reader.libxc_records(payload.extend)
+        reader.tail()
+        assert os.read(fd, 1) == b""  # libxl's END is the last thing in the file
+    finally:
+        os.close(fd)
+    return reader.parsed, bytes(payload)
 
 
 def qemu_img_snapshots(path: Path) -> list[str]:
@@ -291,7 +309,11 @@ def test_save_p_file_and_paused_device_model(xen: Xen) -> None:
     config = xen.long("domu")[0]["config"]
     del config["c_info"]["domid"]  # the saved copy has none (see test_json_as_captured)
     assert blob[:-1].decode() == libxl_json(config) + "\n"
-    assert data[48 + optlen:48 + optlen + 4] == b"QEVM"  # QEMU wrote from the fd's offset
+    # then libxl's stream v2, whose PAGE_DATA records carry QEMU's migration stream
+    assert data[48 + optlen:48 + optlen + 8] == b"LibxlFmt"
+    parsed, payload = parse_stream(save, 48 + optlen)
+    assert payload[:4] == b"QEVM" and parsed.guest_type == 1 and parsed.xen == (4, 17)
+    assert parsed.records["libxl END"] == 1 and parsed.records["End"] == 1
     assert proc.stderr.splitlines() == [
         f"Saving to {save} new xl format (info 0x3/0x0/{optlen})",
         f"xc: info: Saving domain {domid}, type x86 PV"]

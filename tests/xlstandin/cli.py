@@ -3,15 +3,20 @@ domain lookup, config files, and starting a domain (create and restore)."""
 
 from __future__ import annotations
 
+import contextlib
 import getopt
 import json
 import os
+import socket
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.xlstandin.domains import Dom, Env, Fail, domains, kill, libxl_error, start_qemu
 from tests.xlstandin.qmp import QMPFailure
+from tests.xlstandin.stream import DHDR_X86_PV, StreamError, StreamReader
 from tests.xlstandin.xlcfg import CfgError, parse_xl_cfg, to_libxl
 
 MEM_FD = "xl-standin-mem"
@@ -46,9 +51,43 @@ HELP: dict[str, tuple[str, str, str]] = {
                       "avoid using this command when possible", "-h  Print this help.\n"
                       "-f FILE, --defconfig=FILE\n     Use the given configuration file.\n"
                       "-d  Enable debug messages."),
+    "migrate": ("[options] <Domain> <host>", "Migrate a domain to another host",
+                "-h              Print this help.\n"
+                "-C <config>     Send <config> instead of config file from creation.\n"
+                "-s <sshcommand> Use <sshcommand> instead of ssh.  String will be passed\n"
+                "                to sh. If empty, run <host> instead of ssh <host> xl\n"
+                "                migrate-receive [-d -e]\n"
+                "-e              Do not wait in the background (on <host>) for the death\n"
+                "                of the domain.\n"
+                "--debug         Print huge (!) amount of debug during the migration "
+                "process.\n"
+                "-p              Do not unpause domain after migrating it.\n"
+                "-D              Preserve the domain id"),
     "domid": ("<DomainName>", "Convert a domain name to domain id", ""),
     "domname": ("<DomainId>", "Convert a domain id to domain name", ""),
 }
+
+
+@dataclass
+class Globals:
+    """xl's global options (xl.c): each ``-v`` lowers the log level by one from
+    XTL_PROGRESS, so ``-vvv`` shows libxl's debug lines; ``-t`` (progress_use_cr) and
+    ``-T`` (timestamps) are passed on to a migration receiver's command line."""
+
+    verbose: int = 0
+    progress_cr: bool = False
+    timestamps: bool = False
+
+
+GLOBALS = Globals()
+
+
+def debug(where: str, domid: int | None, message: str) -> None:
+    """A libxl debug line (shown from ``xl -vvv`` on), flushed at once: domsnap reads
+    these to time a guest's pause."""
+    if GLOBALS.verbose >= 3:
+        dom = f"Domain {domid}:" if domid is not None else ""
+        err(f"libxl: debug: {where}: {dom}{message}")
 
 
 def out(text: str) -> None:
@@ -170,22 +209,74 @@ def make_domain(env: Env, config: dict[str, Any], *, paused: bool, failure_rc: i
 
 
 def restore_memory(dom: Dom, fd: int) -> None:
-    err(f"xc: info: Found x86 {'PV' if dom.type == 'pv' else 'HVM'} domain from Xen 4.17",
-        "xc: info: Restoring domain")
+    """Read the libxl stream after the xl header from ``fd``: check its framing and
+    feed the PAGE_DATA payloads (QEMU's migration stream) to QEMU's incoming
+    migration over a socketpair, while a thread parses on; a corrupt or truncated
+    stream fails the restore with libxl's/libxc's messages."""
+    reader = StreamReader(fd, dom.domid)
     try:
-        with dom.control(timeout=600) as q:
-            q.send_fd(MEM_FD, fd)
-            q.execute("migrate-incoming", {"uri": f"fd:{MEM_FD}"})
-            st = q.poll("query-status", lambda r: r.get("status") != "inmigrate",
-                        timeout=3600, interval=0.005)
-            mig = q.execute("query-migrate")
-    except QMPFailure as exc:
-        raise Fail(1, f"xc: error: Restore failed ({exc}): Internal error",
-                   libxl_error("libxl_stream_read.c:852:libxl__xc_domain_restore_done",
-                               dom.domid, "restoring domain: Invalid argument")) from None
+        gtype, major, minor = reader.head()
+    except StreamError as exc:
+        raise Fail(1, *exc.lines) from None
+    err(f"xc: info: Found x86 {'PV' if gtype == DHDR_X86_PV else 'HVM'} domain from Xen "
+        f"{major}.{minor}", "xc: info: Restoring domain")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    problems: list[BaseException] = []
+    qemu_gone = threading.Event()
+
+    def sink(data: bytes) -> None:
+        if qemu_gone.is_set():
+            return  # QEMU read its whole stream (or failed): keep checking the framing
+        try:
+            ours.sendall(data, socket.MSG_NOSIGNAL)
+        except OSError:
+            qemu_gone.set()
+
+    def feed() -> None:
+        try:
+            reader.libxc_records(sink)
+            reader.tail()
+        except (StreamError, OSError) as exc:
+            problems.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                ours.shutdown(socket.SHUT_WR)
+
+    feeder = threading.Thread(target=feed, name="xl-standin-restore", daemon=True)
+    try:
+        try:
+            with dom.control(timeout=600) as q:
+                q.send_fd(MEM_FD, theirs.fileno())
+                theirs.close()
+                q.execute("migrate-incoming", {"uri": f"fd:{MEM_FD}"})
+                feeder.start()
+                st = q.poll("query-status", lambda r: r.get("status") != "inmigrate",
+                            timeout=3600, interval=0.005)
+                mig = q.execute("query-migrate")
+        except QMPFailure as exc:
+            qemu_gone.set()
+            if feeder.is_alive() or feeder.ident is not None:
+                feeder.join(60)
+            _stream_problem(problems)
+            raise Fail(1, f"xc: error: Restore failed ({exc}): Internal error",
+                       libxl_error("libxl_stream_read.c:852:libxl__xc_domain_restore_done",
+                                   dom.domid, "restoring domain: Invalid argument")) from None
+        qemu_gone.set()
+        feeder.join(600)
+        _stream_problem(problems)
+    finally:
+        theirs.close()
+        ours.close()
     if st.get("status") not in ("paused", "postmigrate", "prelaunch") or \
             mig.get("status") not in (None, "completed"):
         raise Fail(1, f"xc: error: Restore failed ({st.get('status')}, migration "
                       f"{mig.get('status')}: {mig.get('error-desc', '')}): Internal error",
                    libxl_error("libxl_stream_read.c:852:libxl__xc_domain_restore_done",
                                dom.domid, "restoring domain: Invalid argument"))
+
+
+def _stream_problem(problems: list[BaseException]) -> None:
+    for exc in problems:
+        if isinstance(exc, StreamError):
+            raise Fail(1, *exc.lines)
+        raise Fail(1, f"xc: error: Restore failed ({exc}): Internal error")

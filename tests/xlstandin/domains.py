@@ -64,6 +64,7 @@ class Env:
     accel: list[str]
     qemu: str
     suspend_timeout: float
+    pv_shadow: bool = True  # False: XL_STANDIN_NO_PV_SHADOW=1 (no log-dirty for PV)
 
     @classmethod
     def from_environ(cls) -> Env:
@@ -81,7 +82,8 @@ class Env:
                   run_dir=Path(os.path.abspath(os.environ["XL_STANDIN_RUN_DIR"])),
                   accel=accel or ["tcg"],
                   qemu=os.environ.get("XL_STANDIN_QEMU", "qemu-system-x86_64"),
-                  suspend_timeout=timeout)
+                  suspend_timeout=timeout,
+                  pv_shadow=os.environ.get("XL_STANDIN_NO_PV_SHADOW", "") in ("", "0"))
         for d in (env.root / "domains", env.root / "console", env.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         return env

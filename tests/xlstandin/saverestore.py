@@ -1,9 +1,12 @@
-"""``xl save`` and ``xl restore``: xl's save-file header around QEMU's migration stream.
+"""``xl save`` and ``xl restore``: xl's save-file header, then libxl's stream.
 
 File layout (as xl writes it): 32-byte magic, u32 byte order 0x01020304, u32
 mandatory flags (1 = config is JSON, 2 = stream v2), u32 optional flags, u32
 optional data length; optional data = u32 config length + the config (libxl JSON,
-yajl's final newline and a NUL); then the memory stream, here QEMU's.
+yajl's final newline and a NUL); then the libxl migration stream v2 with the libxc
+records, whose PAGE_DATA records carry QEMU's migration stream (tests/xlstandin/
+stream.py). ``xl migrate`` (migrate.py) sends the same bytes, so a captured migration
+stream restores like a save file.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from tests.xlstandin.cli import (
 from tests.xlstandin.domains import Dom, Env, Fail, kill, libxl_error, wait_finalized
 from tests.xlstandin.monitor import SUSPEND_SEEN, spawn_monitor
 from tests.xlstandin.qmp import QMPFailure
-from tests.xlstandin.xlcfg import INVALID_DOMID, libxl_json
+from tests.xlstandin.stream import Layout, StreamWriter, start_pump
+from tests.xlstandin.xlcfg import INVALID_DOMID, libxl_json, summary
 
 SAVE_MAGIC = b"Xen saved domain, xl format\n \0 \r"
 BYTEORDER = 0x01020304
@@ -61,12 +65,15 @@ def cmd_save(env: Env, args: list[str]) -> int:
                                  len(optdata)) + optdata)
         err(f"Saving to {filename} new xl format (info 0x3/0x0/{len(optdata)})",
             f"xc: info: Saving domain {dom.domid}, type x86 {'PV' if dom.type == 'pv' else 'HVM'}")
+        writer = StreamWriter(fd, layout(dom))
+        writer.head()  # libxc writes its headers and static data before the suspend
         suspend(dom)
         (dom.dir / SUSPEND_SEEN).touch()  # the domain's monitor sees the suspend and exits
         suspended = dom.dir / SUSPENDED
         suspended.touch()  # xl list: "---ss-" until resumed, for good if this process dies
         try:
-            write_memory(dom, fd)
+            write_memory(dom, writer)
+            writer.tail()
         except Fail:
             suspended.unlink(missing_ok=True)  # "Failed to save domain, resuming domain"
             raise
@@ -99,42 +106,65 @@ def _saved_log(env: Env, dom: Dom, filename: str) -> None:
         fh.write(f"{dom.uuid} {dom.domid} {os.path.abspath(filename)} completed\n")
 
 
-def save_optdata(config: dict[str, Any]) -> bytes:
+def layout(dom: Dom) -> Layout:
+    """The shape of the domain's libxc records (type, pages, vCPUs)."""
+    s = summary(dom.config)
+    return Layout(kind=dom.type, memory_mib=int(s["memory_mib"]), vcpus=int(s["vcpus"]))
+
+
+def save_optdata(config: dict[str, Any], domid: int | None = None) -> bytes:
     """The save file's optional data: u32 length, then the config as libxl JSON with
     yajl's final newline and C's NUL (xl stores strlen + 1 bytes).
 
     The saved copy has no ``c_info.domid``: with it, the captured domain's header
     would say 1117 bytes, where xl 4.17 wrote 1088 (29 bytes = exactly that line).
+    ``domid`` puts it back (``xl migrate -D``: save_domain_core_begin's preserve_domid).
     """
     c_info = {k: v for k, v in config["c_info"].items() if k != "domid"}
+    if domid is not None:
+        c_info = {**{k: c_info[k] for k in ("type", "name") if k in c_info},
+                  "domid": domid, **c_info}
     blob = (libxl_json({**config, "c_info": c_info}) + "\n").encode() + b"\0"
     return struct.pack("<I", len(blob)) + blob
 
 
-def suspend(dom: Dom) -> None:
-    """libxl asks a PV/PVH guest to suspend through xenstore and waits for the ack."""
-    if dom.type == "hvm":
-        return  # an HVM guest without PV drivers is suspended by Xen, no ack needed
-    if not (dom.dir / "no-suspend").exists() and dom.run_state() == "running":
-        return
-    time.sleep(dom.env.suspend_timeout)
-    lines = [
+def guest_acks(dom: Dom, running: bool) -> bool:
+    """Whether the guest answers libxl's suspend request: an HVM guest without PV
+    drivers is suspended by Xen (no ack needed); a PV/PVH guest acks unless the test
+    marker ``no-suspend`` exists or it is paused (``running`` false)."""
+    return dom.type == "hvm" or (running and not (dom.dir / "no-suspend").exists())
+
+
+def no_ack_lines(dom: Dom) -> list[str]:
+    """What libxl and libxc log when a guest never acknowledged the suspend."""
+    return [
         libxl_error("libxl_dom_suspend.c:262:domain_suspend_common_pvcontrol_suspending",
                     dom.domid, "guest didn't acknowledge suspend, cancelling request"),
         "xc: error: save callback suspend() failed: 0: Internal error",
         "xc: error: Save failed (0 = Success): Internal error",
         libxl_error("libxl_stream_write.c:347:libxl__xc_domain_save_done", dom.domid,
-                    "saving domain: domain did not respond to suspend request: Success"),
-        "Failed to save domain, resuming domain",
-        f"xc: error: Dom {dom.domid} not suspended: (shutdown 0, reason 0): Internal error",
-        libxl_error("libxl_dom_suspend.c:661:domain_resume_done", dom.domid,
-                    "xc_domain_resume failed: Invalid argument"),
-    ]
-    raise Fail(1, *lines)
+                    "saving domain: domain did not respond to suspend request: Success")]
 
 
-def write_memory(dom: Dom, fd: int) -> None:
-    """Stop the domain and stream its memory into ``fd`` from its current offset."""
+def not_suspended_lines(dom: Dom) -> list[str]:
+    """libxl_domain_resume(suspend_cancel=1) of a domain that is not suspended."""
+    return [f"xc: error: Dom {dom.domid} not suspended: (shutdown 0, reason 0): Internal "
+            "error", libxl_error("libxl_dom_suspend.c:661:domain_resume_done", dom.domid,
+                                 "xc_domain_resume failed: Invalid argument")]
+
+
+def suspend(dom: Dom) -> None:
+    """libxl asks a PV/PVH guest to suspend through xenstore and waits for the ack."""
+    if guest_acks(dom, dom.type == "hvm" or dom.run_state() == "running"):
+        return
+    time.sleep(dom.env.suspend_timeout)
+    raise Fail(1, *no_ack_lines(dom), "Failed to save domain, resuming domain",
+               *not_suspended_lines(dom))
+
+
+def write_memory(dom: Dom, writer: StreamWriter) -> None:
+    """Stop the domain and write its memory (QEMU's migration stream, in PAGE_DATA
+    records) through ``writer``."""
     was_running = False
     try:
         with dom.control(timeout=600) as q:
@@ -142,14 +172,14 @@ def write_memory(dom: Dom, fd: int) -> None:
             dom.set_state("paused")
             if was_running:
                 q.execute("stop")
-            # QEMU caps migration at 128 MiB/s by default (meant for networks)
-            q.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
             _slow_save(dom)
-            q.send_fd(MEM_FD, fd)
-            q.execute("migrate", {"uri": f"fd:{MEM_FD}"})
+            pump = start_pump(q, writer, MEM_FD, live=False)
             info = q.poll("query-migrate",
                           lambda r: r.get("status") in ("completed", "failed", "cancelled"),
                           timeout=3600, interval=0.005)
+            pump.join(600)
+            if pump.error is not None:
+                raise QMPFailure(f"writing the save file: {pump.error}")
             if info.get("status") != "completed":
                 raise QMPFailure(str(info.get("error-desc", info.get("status"))))
     except QMPFailure as exc:

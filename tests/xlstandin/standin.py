@@ -70,6 +70,7 @@ import sys
 from pathlib import Path
 
 from tests.xlstandin.cli import (
+    GLOBALS,
     err,
     find_domain,
     help_text,
@@ -79,6 +80,7 @@ from tests.xlstandin.cli import (
     xl_config,
 )
 from tests.xlstandin.domains import Dom, Env, Fail, domains, kill, libxl_error, wait_finalized
+from tests.xlstandin.migrate import cmd_migrate
 from tests.xlstandin.monitor import cmd_config_update, cmd_reboot, spawn_monitor
 from tests.xlstandin.qmp import QMPFailure
 from tests.xlstandin.saverestore import SUSPENDED, cmd_restore, cmd_save
@@ -257,13 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     # SIGPIPE (exit 141 in a shell), as xl save did when its worker was killed
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = list(sys.argv[1:] if argv is None else argv)
+    GLOBALS.verbose, GLOBALS.progress_cr, GLOBALS.timestamps = 0, False, False
     while args and args[0].startswith("-") and len(args[0]) > 1:
         flag = args.pop(0)
         if flag == "--":
             break
-        if any(c not in "vftN" for c in flag[1:]):
+        if any(c not in "vftNT" for c in flag[1:]):
             err("unknown global option")
             return 1
+        GLOBALS.verbose += flag.count("v")
+        GLOBALS.progress_cr |= "t" in flag
+        GLOBALS.timestamps |= "T" in flag
     if not args:
         out(help_text(None))
         return 1
@@ -289,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_save(env, rest)
         if verb == "restore":
             return cmd_restore(env, rest)
+        if verb == "migrate":
+            return cmd_migrate(env, rest)
         if verb == "reboot":
             return cmd_reboot(env, rest)
         if verb == "config-update":
