@@ -4,9 +4,14 @@ lines (timestamped as they came) or, without them, from the receiver's report.""
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
+from tests.unit.test_xl_driver import LVM_DISK, UUID, FakeDom0, _driver, _seen
 from workers.drivers.base import DiskOp
 from workers.drivers.xllive import choose, pause_window
 from workers.drivers.xlreceive import Report
+from workers.hostio.runner import Call, Completed, RecordingRunner
 
 
 def op(vdev: str, strategy: str) -> DiskOp:
@@ -46,3 +51,39 @@ def test_without_xls_lines_the_receiver_and_xls_exit_bound_it() -> None:
     rep = Report(round_ends=[5.0], times={"stream": 1.0})
     assert pause_window([(7.9, "Migration failed, resuming at sender.")], rep,
                         exited_at=8.0) == 7000.0  # one round: from the stream's start
+
+
+LOGDIRTY = ("xc: error: Failed to enable logdirty: 95,22,0 (22 = Invalid argument): "
+            "Internal error\nMigration failed, failed to suspend at sender.\n")
+
+
+class NoLogDirty(FakeDom0):
+    """A dom0 whose hypervisor has no PV shadow paging: ``xl migrate`` is refused at
+    once, the guest untouched (Debian bookworm-security's Xen 4.17.7+13)."""
+
+    def answer(self, call: Call) -> Completed | BaseException:
+        if call.argv[1:3] == ["-vvv", "migrate"]:
+            assert call.outlive and not call.check
+            return RecordingRunner.result(returncode=1, stderr=LOGDIRTY)
+        return super().answer(call)
+
+
+def test_a_refused_log_dirty_falls_back_to_xl_save_in_the_same_call(tmp_path: Path) -> None:
+    dom0 = NoLogDirty([LVM_DISK])
+    drv = _driver(tmp_path, dom0)
+    drv.list_domains()
+    mem = tmp_path / "snaps" / "s1.save"
+    dom0.runner.calls.clear()
+    res = drv.capture(UUID, name="s1", memory_file=mem, disks=[],
+                      progress=lambda step, msg: None)
+    seen = _seen(dom0)
+    assert seen[0][:4] == ["xl", "-vvv", "migrate", "-s"]
+    rune = shlex.split(seen[0][4])
+    assert rune[1:3] == ["-m", "workers.drivers.xlreceive"]
+    assert seen[0][5:] == ["3", "domsnap"]
+    assert seen[1:] == [["xl", "save", "-p", "3", str(mem)], ["xl", "unpause", "3"]]
+    assert res.memory_strategy == "save"
+    assert res.memory_fallback is not None and "Failed to enable logdirty" in \
+        res.memory_fallback
+    assert mem.read_bytes().startswith(b"Xen saved domain")  # xl save's file, not a stub
+    assert list((tmp_path / "state" / "xl" / "live").rglob("*.json")) == []

@@ -62,8 +62,10 @@ FAILED_SUSPEND = "failed to suspend at sender"  # xl: libxl_domain_suspend faile
 RESUMING = "resuming at sender"  # xl: the intended end (the receiver sent no "ready")
 SUSPENDED_LINE = "guest has suspended"  # libxl debug (-vvv): the suspend is done
 RESUME_DONE = "libxl__ao_complete"  # libxl debug (-vvv): an AO (here the resume) completed
-NO_SUSPEND = ("acknowledge suspend", "guest didn't suspend", "did not suspend",
-              "suspend request")
+# libxl's errors when the guest never suspends (not its -vvv debug lines, which mention
+# "suspend request" on every run)
+NO_SUSPEND = ("guest didn't acknowledge suspend", "guest did not suspend",
+              "did not respond to suspend request")
 HOST_WORD = "domsnap"  # the HOST xl passes to the rune; the receiver ignores it
 STREAM_FACTOR = 2.0  # the budget: RAM sent again by the rounds (5 at most), on the safe side
 STREAM_EXTRA = 64 * MiB  # headers, p2m frames, vCPU and device state
