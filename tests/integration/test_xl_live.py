@@ -270,12 +270,15 @@ def test_worker_killed_mid_stream_is_rolled_back(cluster: Cluster, lh: HostHandl
     job = client.create(dom.name, name="w1", disks=[
         DiskChoice(vdev=dom.vdevs[0], type="internal"),
         DiskChoice(vdev=dom.vdevs[1], type="external")])
-    _receiver_of(lh, lh.snapshots / dom.uuid / "w1.save")
-    assert lh.proc is not None
-    os.killpg(lh.proc.pid, signal.SIGKILL)
-    died(lh)
-    assert _flags(dom) == "r-----"  # the live rounds run: the guest is not suspended
-    (lh.state_dir / "release-xl-receive-streaming").touch()
+    release = lh.state_dir / "release-xl-receive-streaming"
+    try:
+        _receiver_of(lh, lh.snapshots / dom.uuid / "w1.save")
+        assert lh.proc is not None
+        os.killpg(lh.proc.pid, signal.SIGKILL)
+        died(lh)
+        assert _procs("migrate", lh), "xl migrate died with the worker"
+    finally:
+        release.touch()  # the receiver goes on: the end of the stream, its transaction
     restart(cluster, lh)
     rec = ended(client, job)
     assert rec.state == "failed" and rec.error is not None
@@ -285,7 +288,7 @@ def test_worker_killed_mid_stream_is_rolled_back(cluster: Cluster, lh: HostHandl
     assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
     assert not (lh.snapshots / dom.uuid / "w1.save").exists()
     _holds(dom, BEFORE)
-    (lh.state_dir / "release-xl-receive-streaming").unlink()
+    release.unlink()
     no_leftovers(lh, dom, client)
     ok(client, client.create(dom.name, name="w1", type="external"))
 
@@ -300,25 +303,28 @@ def test_xl_migrate_killed_after_the_suspend_nobody_comes(
     arm(cluster, lh, "xl-receive-fsynced:hold", budget="3")
     job = client.create(dom.name, name="x1", type="external")
     mem = lh.snapshots / dom.uuid / "x1.save"
-    _receiver_of(lh, mem)
-    deadline = time.monotonic() + 180
-    while True:  # the whole stream is in: the guest is suspended
-        try:
-            if _parsed(str(mem)).done:
-                break
-        except ValueError:
-            pass
-        assert time.monotonic() < deadline, "the stream never ended"
-        time.sleep(0.1)
-    assert _flags(dom) == "---ss-"
-    assert lh.proc is not None
-    os.killpg(lh.proc.pid, signal.SIGKILL)
-    died(lh)
-    migrates = _procs("migrate", lh)  # the rune names the request under the state dir
-    assert migrates, "no xl migrate"
-    for pid in migrates:
-        os.kill(pid, signal.SIGKILL)
-    (lh.state_dir / "release-xl-receive-fsynced").touch()
+    release = lh.state_dir / "release-xl-receive-fsynced"
+    try:
+        _receiver_of(lh, mem)
+        deadline = time.monotonic() + 180
+        while True:  # the whole stream is in: the guest is suspended
+            try:
+                if _parsed(str(mem)).done:
+                    break
+            except ValueError:
+                pass
+            assert time.monotonic() < deadline, "the stream never ended"
+            time.sleep(0.1)
+        assert _flags(dom) == "---ss-"
+        assert lh.proc is not None
+        os.killpg(lh.proc.pid, signal.SIGKILL)
+        died(lh)
+        migrates = _procs("migrate", lh)  # the rune names the request under the state dir
+        assert migrates, "no xl migrate"
+        for pid in migrates:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        release.touch()
     deadline = time.monotonic() + 60
     while _flags(dom) != "r-----":  # the guard, alone, resumes it after its budget
         assert time.monotonic() < deadline, f"{dom.name} is {_flags(dom)}"
@@ -330,6 +336,6 @@ def test_xl_migrate_killed_after_the_suspend_nobody_comes(
     assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
     assert not mem.exists()
     _holds(dom, BEFORE)
-    (lh.state_dir / "release-xl-receive-fsynced").unlink()
+    release.unlink()
     no_leftovers(lh, dom, client)
     ok(client, client.create(dom.name, name="x1", type="external"))
