@@ -7,15 +7,32 @@ model socket that behaves like Xen's QEMU (block nodes ``<vdev>-<format>`` over 
 automatically named ``#blockNNN`` protocol node). Stdlib only, no domsnap imports.
 
 Verbs: create, list [-l], domid, domname, pause, unpause, destroy, save [-c] [-p],
-restore [-p] [-e], reboot [-w], config-update. ``create`` and ``restore`` leave a
+restore [-p] [-e], migrate [-C CFG] [-s CMD] [-e] [-F] [-p] [-D] [--debug], reboot [-w],
+config-update. Global options ``-v`` (repeatable: ``-vvv`` prints the libxl debug lines
+the stand-in knows, around a suspend and a resume), ``-t``, ``-T`` (passed on in
+``migrate``'s rune), ``-f``, ``-N`` (accepted). ``create`` and ``restore`` leave a
 monitor daemon per domain, as xl does, that rebuilds the domain from its stored
-config when it reboots (tests/xlstandin/monitor.py). Environment: XL_STANDIN_ROOT and
-XL_STANDIN_RUN_DIR (required), XL_STANDIN_ACCEL (default tcg), XL_STANDIN_QEMU (default
-qemu-system-x86_64), XL_STANDIN_SUSPEND_TIMEOUT (seconds, default 60 like libxl).
+config when it reboots (tests/xlstandin/monitor.py).
+
+Knobs (environment): XL_STANDIN_ROOT and XL_STANDIN_RUN_DIR (required: the state dir
+and the dir playing /var/run/xen), XL_STANDIN_ACCEL (QEMU accelerators, default tcg),
+XL_STANDIN_QEMU (default qemu-system-x86_64), XL_STANDIN_SUSPEND_TIMEOUT (seconds a
+guest that does not acknowledge a suspend is waited for, default 60 like libxl),
+XL_STANDIN_NO_PV_SHADOW (1: a hypervisor built without PV shadow paging, as Debian's
+bookworm-security Xen 4.17.7+13: ``xl migrate`` of a PV domain fails at once with
+``xc: error: Failed to enable logdirty: 95,22,0 ...`` and ``Migration failed, failed
+to suspend at sender.``, exit 1, the guest untouched; HVM/PVH use HAP's log-dirty and
+are not refused). Knobs (files, per domain, under ``<root>/domains/<uuid>/``):
+``no-suspend`` (the guest never acknowledges a suspend request: ``save`` and
+``migrate`` fail after XL_STANDIN_SUSPEND_TIMEOUT, guest left running),
+``slow-save`` (seconds a save takes after the suspend, printing progress). Evidence
+(not in xl): ``<root>/log/saves.log`` (one line per save that completed),
+``<root>/log/xl-<name>.log`` (the monitors' output).
 
 Modules: standin (entry point; create, list, domid, domname, pause, unpause,
-destroy), saverestore (save, restore), monitor (the monitor daemon, reboot,
-config-update), cli (option parsing, lookups, starting a
+destroy), saverestore (save, restore), migrate (migrate), stream (the libxl/libxc
+stream framing shared by save, restore and migrate), monitor (the monitor daemon,
+reboot, config-update), cli (option parsing, lookups, starting and restoring a
 domain), domains (state on disk, locking, QEMU processes), xlcfg (xl.cfg subset,
 libxl-shaped config, libxl's JSON layout), qmp (a tiny QMP client).
 
@@ -34,18 +51,35 @@ Facts taken from xl's sources rather than assumed:
 
 Messages come from real xl 4.17 output (reference/xl-4.17-captures.txt) or, where
 none was captured, from the upstream sources (tools/xl/xl_saverestore.c,
-xl_vmcontrol.c, xl_info.c, xl_misc.c, xl_utils.c, xl.c; tools/libs/light/
-libxl_domain.c, libxl_dom_suspend.c, libxl_stream_write.c): libxl's line numbers in
-those are best effort.
+xl_vmcontrol.c, xl_migrate.c, xl_cmdtable.c, xl_info.c, xl_misc.c, xl_utils.c, xl.c;
+tools/libs/light/ libxl_domain.c, libxl_dom_suspend.c, libxl_stream_write.c,
+libxl_stream_read.c, libxl_save_callout.c, libxl_exec.c, libxl_utils.c,
+libxl_event.c; tools/libs/guest/xg_sr_save.c, xg_sr_restore.c, xg_sr_common.c):
+libxl's line numbers in those, the ``ao`` addresses of the debug lines and the wording
+of libxl's stream-read errors are best effort.
 
 Where the stand-in differs from Xen (accepted, on purpose):
 - ``xl save -p``: QEMU inactivates its block nodes when a migration completes and
   7.2 offers no way back but ``cont``; the stand-in does ``cont`` and at once
   ``stop``, so the vCPUs run for an instant after the memory image was taken. Xen
   keeps the domain paused throughout.
-- The memory stream after the xl header is QEMU's migration stream, not libxc's.
-  ``xl save`` writes it through the already-open file: ``getfd`` hands QEMU the fd
-  positioned after the header and QEMU writes from that offset (checked by the tests).
+- After the xl header comes libxl's stream v2 with libxc's records in their real
+  framing (stream.py), but the memory in the PAGE_DATA records is QEMU's migration
+  stream cut into pages (pfns numbered in order, the last page zero-padded), and the
+  other libxc records (CPUID/MSR policy, P2M frames, vCPU contexts, HVM context)
+  carry fixed blobs of the right shape. ``xl restore`` checks the framing and feeds
+  the PAGE_DATA payload to QEMU's incoming migration.
+- ``xl migrate``: the live rounds are QEMU's precopy (the guest runs meanwhile); the
+  suspend is the moment QEMU stops the vCPUs (``pause-before-switchover``); after 5
+  rounds QEMU's downtime limit is raised so it stops at the next (libxc's policy).
+  Then ``cont`` + ``stop`` reactivates the block nodes (see ``xl save -p`` below):
+  the vCPUs run for an instant after the memory image was taken. A guest that does
+  not suspend is found only when QEMU has already stopped its vCPUs for the switch:
+  the migration is cancelled and QEMU runs them again at once (Xen never stops them).
+  ``--debug`` (libxc's verify pass) adds ``-d`` to the rune but sends no VERIFY
+  record; ``-T`` adds no timestamps to the sender's own lines. The save helper that
+  dies of SIGPIPE when the receiver goes away is the xl process itself here (its pid
+  is the one in the message).
 - PV/PVH suspend: a guest "acknowledges" unless ``<root>/domains/<uuid>/no-suspend``
   exists or the domain is paused (a paused PV guest cannot answer the xenstore
   request on Xen either); then libxl's timeout runs out (XL_STANDIN_SUSPEND_TIMEOUT).
@@ -59,8 +93,7 @@ Where the stand-in differs from Xen (accepted, on purpose):
 - Destroy stops QEMU with SIGTERM (a clean exit, images closed).
 - A reboot ends the QEMU process (``-no-reboot``) and the monitor builds the new one at
   once: ``xl list`` never shows the rebooting domain shut down (``---s-r``).
-- Test hooks, not in xl: ``domains/<uuid>/slow-save`` (seconds a save takes after the
-  suspend, printing progress), ``log/saves.log`` (one line per save that completed).
+- Test hooks, not in xl: see the knobs above.
 """
 
 from __future__ import annotations
