@@ -51,6 +51,16 @@ def _restart_with(cluster: Cluster, h: HostHandle, **env: str) -> None:
     cluster.start_worker(h.name)
 
 
+def _arm(cluster: Cluster, h: HostHandle, point: str, **kw: str) -> None:
+    """:func:`arm`, then until the client sees the new worker alive (the old one's
+    goodbye can land after the new one's first heartbeat)."""
+    arm(cluster, h, point, **kw)
+    deadline = time.monotonic() + 30
+    while not cluster.client().store.host_alive(h.name):
+        assert time.monotonic() < deadline, f"{h.name} never seen alive"
+        time.sleep(0.2)
+
+
 def _parsed(path: str) -> StreamParser:
     """The whole memory file through the framing parser: a complete, valid stream."""
     p = StreamParser()
@@ -238,7 +248,7 @@ def test_a_killed_receiver_leaves_the_guest_running(cluster: Cluster, lh: HostHa
     dom = _mixed(cluster, lh, "lv-rkill", stub=False)
     client = cluster.client()
     try:
-        arm(cluster, lh, "xl-receive-streaming")  # the receiver kills itself mid-stream
+        _arm(cluster, lh, "xl-receive-streaming")  # the receiver kills itself mid-stream
         job = client.wait(client.create(dom.name, name="k1", type="external"), timeout=180)
     finally:
         restart_clean(cluster, lh)
@@ -266,7 +276,7 @@ def test_worker_killed_mid_stream_is_rolled_back(cluster: Cluster, lh: HostHandl
     (their own session); recovery waits for them, then undoes the half-made snapshot."""
     dom = _mixed(cluster, lh, "lv-wkill", stub=False)
     client = cluster.client()
-    arm(cluster, lh, "xl-receive-streaming:hold")
+    _arm(cluster, lh, "xl-receive-streaming:hold")
     job = client.create(dom.name, name="w1", disks=[
         DiskChoice(vdev=dom.vdevs[0], type="internal"),
         DiskChoice(vdev=dom.vdevs[1], type="external")])
@@ -300,7 +310,7 @@ def test_xl_migrate_killed_after_the_suspend_nobody_comes(
     snapshot; the host's guard resumes the domain; recovery rolls the create back."""
     dom = _mixed(cluster, lh, "lv-xkill", stub=False)
     client = cluster.client()
-    arm(cluster, lh, "xl-receive-fsynced:hold", budget="3")
+    _arm(cluster, lh, "xl-receive-fsynced:hold", budget="3")
     job = client.create(dom.name, name="x1", type="external")
     mem = lh.snapshots / dom.uuid / "x1.save"
     release = lh.state_dir / "release-xl-receive-fsynced"
@@ -329,7 +339,10 @@ def test_xl_migrate_killed_after_the_suspend_nobody_comes(
     while _flags(dom) != "r-----":  # the guard, alone, resumes it after its budget
         assert time.monotonic() < deadline, f"{dom.name} is {_flags(dom)}"
         time.sleep(0.2)
-    assert "budget-expired" in (lh.state_dir / "guard.log").read_text()
+    guard_log = lh.state_dir / "guard.log"
+    while not guard_log.exists() or "budget-expired" not in guard_log.read_text():
+        assert time.monotonic() < deadline, "the guard recorded nothing"
+        time.sleep(0.2)
     restart(cluster, lh)
     rec = ended(client, job)
     assert rec.state == "failed"

@@ -214,8 +214,9 @@ class XlDriver(Driver):
         (:meth:`resume_suspended`); then ``xl unpause`` or ``xl pause`` to the wanted
         state."""
         found = self._lookup(uuid)
-        if found is not None:  # an xl save that outlived its worker ends first
+        if found is not None:  # an xl save or migrate that outlived its worker ends first
             wait_for_saves(self.binary, domid=found[0], timeout=self.timeout)
+        xllive.clear_runs(self.live_dir, uuid)  # a dead worker's receiver request/report
         self.recover_windows(blocking=True)
         self.resume_suspended(uuid)
         return super().resume_after_crash(uuid, state=state)

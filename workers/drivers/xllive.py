@@ -115,6 +115,13 @@ class _Run:
         self.report.unlink(missing_ok=True)
 
 
+def clear_runs(root: Path, uuid: str) -> None:
+    """Remove what live attempts on ``uuid`` left (a worker killed mid-capture never
+    reached its cleanup); called by recovery once no receiver of it runs."""
+    for path in (root / uuid).glob("*.json") if (root / uuid).is_dir() else []:
+        path.unlink(missing_ok=True)
+
+
 def capture_live(drv: XlDriver, uuid: str, domid: int, *, name: str, memory_file: Path,
                  disks: list[DiskOp], progress: Progress) -> LiveResult:
     """Memory live + every (QMP) disk at the suspend; the domain runs again on return.
