@@ -272,23 +272,16 @@ def restart_clean(cluster: Cluster, h: HostHandle) -> None:
 
 
 def test_worker_killed_mid_stream_is_rolled_back(cluster: Cluster, lh: HostHandle) -> None:
-    """The worker dies while the live rounds run: xl migrate and the receiver run on
-    (their own session); recovery waits for them, then undoes the half-made snapshot."""
+    """The worker dies (SIGKILL, supervisor and pools) as xl starts sending the stream:
+    xl migrate and the receiver run on (their own session); recovery waits for them,
+    then undoes the half-made snapshot (the receiver's disk snapshots, its file)."""
     dom = _mixed(cluster, lh, "lv-wkill", stub=False)
     client = cluster.client()
-    _arm(cluster, lh, "xl-receive-streaming:hold")
+    _arm(cluster, lh, "xl-live-streaming")
     job = client.create(dom.name, name="w1", disks=[
         DiskChoice(vdev=dom.vdevs[0], type="internal"),
         DiskChoice(vdev=dom.vdevs[1], type="external")])
-    release = lh.state_dir / "release-xl-receive-streaming"
-    try:
-        _receiver_of(lh, lh.snapshots / dom.uuid / "w1.save")
-        assert lh.proc is not None
-        os.killpg(lh.proc.pid, signal.SIGKILL)
-        died(lh)
-        assert _procs("migrate", lh), "xl migrate died with the worker"
-    finally:
-        release.touch()  # the receiver goes on: the end of the stream, its transaction
+    died(lh)
     restart(cluster, lh)
     rec = ended(client, job)
     assert rec.state == "failed" and rec.error is not None
@@ -297,8 +290,9 @@ def test_worker_killed_mid_stream_is_rolled_back(cluster: Cluster, lh: HostHandl
     assert "w1" not in internal_snapshots(dom.disks[dom.vdevs[0]])
     assert [dom.active(v) for v in dom.vdevs] == [str(p) for p in dom.disks.values()]
     assert not (lh.snapshots / dom.uuid / "w1.save").exists()
+    assert not _procs("migrate", lh) and not _procs("workers.drivers.xlreceive", lh)
     _holds(dom, BEFORE)
-    release.unlink()
+    _live_dir_clear(lh)  # recovery removed the dead worker's receiver request
     no_leftovers(lh, dom, client)
     ok(client, client.create(dom.name, name="w1", type="external"))
 
@@ -350,5 +344,6 @@ def test_xl_migrate_killed_after_the_suspend_nobody_comes(
     assert not mem.exists()
     _holds(dom, BEFORE)
     release.unlink()
+    _live_dir_clear(lh)  # recovery removed the dead worker's receiver request
     no_leftovers(lh, dom, client)
     ok(client, client.create(dom.name, name="x1", type="external"))

@@ -60,6 +60,7 @@ STRATEGIES = ("live", "save")
 LOGDIRTY_REFUSED = "Failed to enable logdirty"  # xc, when the hypervisor has no log-dirty
 FAILED_SUSPEND = "failed to suspend at sender"  # xl: libxl_domain_suspend failed
 RESUMING = "resuming at sender"  # xl: the intended end (the receiver sent no "ready")
+STREAMING = "Saving to migration stream"  # xl_saverestore.c, as the stream starts
 SUSPENDED_LINE = "guest has suspended"  # libxl debug (-vvv): the suspend is done
 RESUME_DONE = "libxl__ao_complete"  # libxl debug (-vvv): an AO (here the resume) completed
 # libxl's errors when the guest never suspends (not its -vvv debug lines, which mention
@@ -149,11 +150,16 @@ def capture_live(drv: XlDriver, uuid: str, domid: int, *, name: str, memory_file
         faults.point("xl-live-before")
         code: int | None
         seen: list[tuple[float, str]] = []  # xl's stderr lines, timestamped as they come
+
+        def line(text: str) -> None:
+            seen.append((time.time(), text))
+            if STREAMING in text:  # xl sends its header: the live rounds begin
+                faults.point("xl-live-streaming")
+
         try:
             done = drv.runner([drv.binary, "-vvv", "migrate", "-s", rune(run.request),
                                str(domid), HOST_WORD], timeout=drv.timeout, check=False,
-                              outlive=True,
-                              stderr_lines=lambda ln: seen.append((time.time(), ln)))
+                              outlive=True, stderr_lines=line)
             stderr, code = done.stderr, done.returncode
         except CommandFailed as exc:  # timed out: xl and the receiver were killed
             stderr, code = exc.stderr, exc.returncode
