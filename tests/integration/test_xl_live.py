@@ -282,6 +282,12 @@ def test_worker_killed_mid_stream_is_rolled_back(cluster: Cluster, lh: HostHandl
         DiskChoice(vdev=dom.vdevs[0], type="internal"),
         DiskChoice(vdev=dom.vdevs[1], type="external")])
     died(lh)
+    deadline = time.monotonic() + 600
+    while _procs("migrate", lh) or _procs("workers.drivers.xlreceive", lh):
+        # they outlive the worker and end by themselves (start-up recovery would wait
+        # for them too, past the test harness's 60 s for a worker to come up)
+        assert time.monotonic() < deadline, "xl migrate never ended"
+        time.sleep(0.2)
     restart(cluster, lh)
     rec = ended(client, job)
     assert rec.state == "failed" and rec.error is not None
