@@ -146,6 +146,12 @@ def test_live_migrate_capture_resume_and_restore(xen: Xen) -> None:
     assert before["return"]["status"] == "paused" and after["return"]["status"] == "paused"
     assert txn == {"return": {}}
     assert qemu_img_snapshots(image) == ["live1"]
+    # the stand-in's evidence: live rounds, then a last round sent while suspended
+    log = (xen.root / "log" / "migrations.log").read_text().split()
+    fields = dict(f.split("=", 1) for f in log if "=" in f)
+    assert fields["rc"] == "1" and int(fields["rounds"]) >= 1
+    assert int(fields["page_records"]) == len(pages)
+    assert 0 < int(fields["first_record_suspended"]) <= len(pages)
     # resumed at the sender: same domid, same name, running on
     assert xen.domid("guest") == domid and xen.row("guest")[4] == "r-----"
     wait_for_tick(console, frozen + 2, timeout=60)

@@ -116,9 +116,10 @@ def cmd_migrate(env: Env, args: list[str]) -> int:
     return Migration(env, target, rune, optdata).run()
 
 
-def _ao(domid: int, where: str) -> str:
-    """A libxl asynchronous operation's address, as its debug lines show it."""
-    return f"0x{0x55d0c0000000 + (os.getpid() << 12) + (abs(hash(where)) & 0xff0):x}"
+def _ao(where: str) -> tuple[str, str]:
+    """A libxl asynchronous operation's address and its poller's, as debug lines show."""
+    base = 0x55D0C0000000 + (os.getpid() << 12) + (0x2A0 if where == "resume" else 0x1C0)
+    return f"0x{base:x}", f"0x{base + 0x9E0:x}"
 
 
 class Migration:
@@ -135,10 +136,31 @@ class Migration:
         self.suspended = False
         self.was_running = True
         self.pump: PagePump | None = None
+        self.rounds = 0
+        self.writer: StreamWriter | None = None
 
     # ----------------------------------------------------------------- the flow
 
     def run(self) -> int:
+        rc = 1
+        try:
+            rc = self._run()
+        finally:
+            self.log(rc)
+        return rc
+
+    def log(self, rc: int) -> None:
+        """Test evidence (not in xl): one line per migration in log/migrations.log."""
+        pump, w = self.pump, self.writer
+        (self.env.root / "log").mkdir(exist_ok=True)
+        with open(self.env.root / "log" / "migrations.log", "a") as fh:
+            fh.write(f"{self.dom.uuid} {self.dom.domid} rc={rc} rounds={self.rounds} "
+                     f"stream_bytes={w.written if w else 0} "
+                     f"page_records={pump.stats.records if pump else 0} "
+                     f"qemu_bytes={pump.stats.qemu_bytes if pump else 0} "
+                     f"first_record_suspended={pump.stats.suspend_record if pump else None}\n")
+
+    def _run(self) -> int:
         send_r, self.send_fd = os.pipe()
         self.recv_fd, recv_w = os.pipe()
         try:
@@ -155,7 +177,7 @@ class Migration:
             self.close_send()
             self.child_report()
             return 1
-        writer = StreamWriter(self.send_fd, layout(self.dom))
+        writer = self.writer = StreamWriter(self.send_fd, layout(self.dom))
         try:
             writer.write(HEADER.pack(SAVE_MAGIC, BYTEORDER, FLAG_JSON | FLAG_STREAMV2, 0,
                                      len(self.optdata)) + self.optdata)
@@ -243,9 +265,9 @@ class Migration:
     def suspend_live(self, writer: StreamWriter) -> int:
         """libxl_domain_suspend(LIVE): 0, or libxl's rc after logging what failed."""
         dom = self.dom
-        ao = _ao(dom.domid, "suspend")
+        ao, poller = _ao("suspend")
         debug("libxl_domain.c:528:libxl_domain_suspend", dom.domid,
-              f"ao {ao}: create: how=(nil) callback=(nil) poller={ao}0")
+              f"ao {ao}: create: how=(nil) callback=(nil) poller={poller}")
         err(f"xc: info: Saving domain {dom.domid}, type x86 {'PV' if dom.type == 'pv' else 'HVM'}")
         try:
             writer.head()
@@ -288,6 +310,7 @@ class Migration:
                 info = q.execute("query-migrate")
                 status = info.get("status")
                 rounds = int(info.get("ram", {}).get("dirty-sync-count", 0))
+                self.rounds = max(self.rounds, rounds)
                 if status == "active" and rounds >= MAX_ROUNDS and not forced:
                     forced = True  # libxc's policy: stop and copy after 5 rounds
                     q.execute("migrate-set-parameters", {"downtime-limit": 2_000_000})
@@ -372,9 +395,9 @@ class Migration:
     def resume(self) -> bool:
         """libxl_domain_resume(suspend_cancel=1): the guest runs on where it stopped."""
         dom = self.dom
-        ao = _ao(dom.domid, "resume")
+        ao, poller = _ao("resume")
         debug("libxl_domain.c:621:libxl_domain_resume", dom.domid,
-              f"ao {ao}: create: how=(nil) callback=(nil) poller={ao}0")
+              f"ao {ao}: create: how=(nil) callback=(nil) poller={poller}")
         ok = self.suspended
         if self.suspended:
             with dom.control() as q:
@@ -389,7 +412,7 @@ class Migration:
         debug("libxl_event.c:2064:libxl__ao_complete", dom.domid,
               f"ao {ao}: complete, rc={0 if ok else ERROR_FAIL}")
         debug("libxl_domain.c:621:libxl_domain_resume", dom.domid,
-              f"ao {ao}: inprogress: poller={ao}0, flags=ic")
+              f"ao {ao}: inprogress: poller={poller}, flags=ic")
         debug("libxl_event.c:1869:libxl__ao__destroy", dom.domid, f"ao {ao}: destroy")
         return ok
 

@@ -27,6 +27,8 @@ are not refused). Knobs (files, per domain, under ``<root>/domains/<uuid>/``):
 ``migrate`` fail after XL_STANDIN_SUSPEND_TIMEOUT, guest left running),
 ``slow-save`` (seconds a save takes after the suspend, printing progress). Evidence
 (not in xl): ``<root>/log/saves.log`` (one line per save that completed),
+``<root>/log/migrations.log`` (one line per migration: rc, QEMU's precopy rounds,
+stream bytes, PAGE_DATA records, the first record sent after the suspend),
 ``<root>/log/xl-<name>.log`` (the monitors' output).
 
 Modules: standin (entry point; create, list, domid, domname, pause, unpause,
