@@ -200,7 +200,9 @@ def snapshot_create(name: str | None, disk_only: bool, description: str | None,
         lines = [f"snapshot {r.get('name')} created"
                  + (f", paused {r['pause_ms']:.1f} ms" if r.get("pause_ms") is not None else "")]
         if r.get("memory_bytes") is not None:
-            lines.append(f"  memory: {r['memory_bytes']} bytes in {r['memory_save_ms']:.0f} ms")
+            lines.append(f"  memory: {r['memory_bytes']} bytes in {r['memory_save_ms']:.0f} ms"
+                         + (f", {r['memory_strategy']}" if r.get("memory_strategy") else "")
+                         + (f" ({r['memory_fallback']})" if r.get("memory_fallback") else ""))
         for d in r.get("disks", []):
             where = d.get("overlay") or d.get("file")
             lines.append(f"  {d['vdev']}: {d['type']} {where} ({d.get('size_bytes')} bytes, "
@@ -278,6 +280,11 @@ def _print_list(page: Any, recs: dict[str, Any]) -> None:
             click.echo(f"    parent:      {r.parent or '-'}")
             if r.pause_ms is not None:
                 click.echo(f"    pause:       {r.pause_ms:.1f} ms")
+            if r.memory_strategy is not None:
+                click.echo(f"    memory:      {r.memory_strategy}"
+                           + (f" ({r.memory_fallback})" if r.memory_fallback else "")
+                           + (f", {r.memory_page_records} PAGE_DATA records in "
+                              f"{r.memory_rounds} round(s)" if r.memory_rounds else ""))
             for d in r.disks:
                 click.echo(f"    disk {d.vdev}: {d.type} {d.format} {d.file}"
                            + (f" (overlay {d.overlay})" if d.overlay else ""))

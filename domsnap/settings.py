@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # Xen's Python bindings (xen.lowlevel.xc/xs), used to resume a domain that a dead
     # `xl save` left suspended; empty: the newest /usr/lib/xen-*/lib/python
     xen_python_dir: Path | None = None
+    # how the xl driver saves memory: "live" (xl migrate into domsnap's receiver: the
+    # guest pauses only for the last round; falls back to save where it cannot) or
+    # "save" (xl save -p: paused for the whole RAM write)
+    xl_memory_strategy: Literal["live", "save"] = "live"
     lvm_binary: str = "lvm"
     # COW space of an LVM snapshot: a size ("10G") or extents ("100%ORIGIN": can never
     # fill up and be invalidated, at the price of the origin's size)

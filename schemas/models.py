@@ -283,6 +283,18 @@ class SnapshotRecord(_Versioned):
     memory_bytes: int | None = None
     memory_save_ms: float | None = None
     pause_ms: float | None = None
+    memory_strategy: Literal["live", "save"] | None = Field(
+        default=None, description="how the memory was saved (xl driver): live (xl migrate "
+        "into domsnap's receiver: the guest paused for the last round only) or save (xl "
+        "save -p: paused for the whole RAM write); none for a disk-only snapshot or "
+        "another driver")
+    memory_fallback: str | None = Field(
+        default=None, description="why the memory was saved with xl save -p, not live")
+    memory_page_records: int | None = Field(
+        default=None, description="live: PAGE_DATA records in the memory stream")
+    memory_rounds: int | None = Field(
+        default=None, description="live: precopy rounds told apart in the memory stream "
+        "(the last one sent while the guest was suspended)")
     parent: str | None = None
     disks: list[DiskSnapshot] = Field(default_factory=list)
     domain_config: DomainConfig

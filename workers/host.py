@@ -40,7 +40,9 @@ def make_driver(settings: Settings, runner: Runner, *, img: QemuImg, lvm: Lvm) -
                                field="driver")
         return XlDriver(settings.state_dir, runner, img=img, lvm=lvm, binary=settings.xl_binary,
                         xen_run_dir=settings.xen_run_dir, timeout=settings.command_timeout_s,
-                        xen_python_dir=settings.xen_python_dir)
+                        xen_python_dir=settings.xen_python_dir,
+                        memory_strategy=settings.xl_memory_strategy,
+                        space_reserve_mb=settings.space_reserve_mb)
     if settings.driver == "qemu":
         from workers.drivers.qemu import QemuDriver
 

@@ -239,3 +239,24 @@ def test_recording_runner_records_outlive() -> None:
     rec = RecordingRunner()
     rec(["xl", "save", "3", "/f"], timeout=5, outlive=True)
     assert rec.calls == [Call(["xl", "save", "3", "/f"], 5, True, None, True)]
+
+
+def test_outlive_hands_over_stderr_lines_as_they_are_written(run: SubprocessRunner) -> None:
+    seen: list[tuple[float, str]] = []
+    t0 = time.monotonic()
+    done = run(["sh", "-c", "echo one >&2; sleep 0.5; printf 'two\\nthree' >&2; echo out"],
+               timeout=10, outlive=True, stderr_lines=lambda ln: seen.append(
+                   (time.monotonic() - t0, ln)))
+    assert [ln for _, ln in seen] == ["one", "two", "three"]
+    assert seen[0][0] < 0.4 <= seen[1][0]  # "one" came before the sleep, not at the end
+    assert done.stderr == "one\ntwo\nthree" and done.stdout == "out\n"
+
+
+def test_stderr_lines_with_a_timeout_still_kill_the_group(run: SubprocessRunner) -> None:
+    seen: list[str] = []
+    with pytest.raises(CommandFailed) as info:
+        run(["sh", "-c", "echo started >&2; sleep 30"], timeout=0.5, outlive=True,
+            stderr_lines=seen.append)
+    assert info.value.returncode is None and seen == ["started"]
+    with pytest.raises(ValueError):
+        run(["true"], timeout=5, stderr_lines=seen.append)

@@ -45,3 +45,21 @@ def test_running_saves_by_domid_or_file(tmp_path: Path) -> None:
 def test_wait_for_saves_returns_at_once_when_none_runs(tmp_path: Path) -> None:
     proc = _proc(tmp_path, {12: ["xl", "list"]})
     assert wait_for_saves("xl", domid=3, timeout=600, proc=proc) == 0
+
+
+def test_a_live_snapshots_migrate_and_receiver_count_as_saves(tmp_path: Path) -> None:
+    rune = "/usr/bin/python3 -m workers.drivers.xlreceive /st/xl/live/u/domid-5.ab.request.json"
+    assert save_target(["xl", "-vvv", "migrate", "-s", rune, "5", "domsnap"], "xl") == \
+        ("5", "")
+    assert save_target(["xl", "migrate", "-C", "/c.cfg", "-s", "x", "-e", "6", "h"], "xl") == \
+        ("6", "")
+    assert save_target(["xl", "migrate", "-s", "x", "6"], "xl") is None  # no HOST
+    proc = _proc(tmp_path, {
+        20: ["python3", "/t/xlstandin/xl", "-vvv", "migrate", "-s", rune, "5", "domsnap"],
+        21: ["/usr/bin/python3", "-m", "workers.drivers.xlreceive",
+             "/st/xl/live/u/domid-5.ab.request.json", "domsnap", "xl", "migrate-receive"],
+        22: ["/usr/bin/python3", "-m", "workers.drivers.xlreceive", "/elsewhere/req.json"],
+        23: ["xl", "migrate-receive"]})
+    assert running_saves("xl", domid=5, proc=proc) == [20, 21]
+    assert running_saves("xl", domid=6, proc=proc) == []
+    assert running_saves("xl", file=Path("/s/a.save"), proc=proc) == []

@@ -55,6 +55,11 @@ class LiveResult:
     memory_bytes: int | None = None
     disks_ms: float = 0.0  # the one atomic transaction that took every disk
     domain_state: str = "running"
+    # how the memory was saved (xl: "live" through xl migrate, or "save": xl save -p)
+    memory_strategy: str | None = None
+    memory_fallback: str | None = None  # why not live, when live was the setting's choice
+    memory_page_records: int | None = None  # PAGE_DATA records of the stream (xl live)
+    memory_rounds: int | None = None  # precopy rounds told apart in the stream (xl live)
 
 
 class Driver(abc.ABC):

@@ -28,7 +28,6 @@ does not lock images, so the change would be silently lost.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from workers.block.blocknodes import served_strategies, snapshot_actions
 from workers.block.lvm import Lvm
 from workers.block.qemu_img import QemuImg
 from workers.block.qmp import QMPClient
+from workers.drivers import xllive, xlsave
 from workers.drivers.base import Capabilities, DiskOp, Driver, LiveResult, Progress
 from workers.drivers.xlmonitor import MonitorMarks, Watcher
 from workers.drivers.xlparse import XlDomain, parse_list_long, parse_list_rows
@@ -66,17 +66,20 @@ NO_SUSPEND = ("acknowledge suspend", "guest didn't suspend", "did not suspend",
 
 class XlDriver(Driver):
     name = "xl"
-    capabilities = Capabilities(live_memory=False, live_disks=True, internal=True,
+    capabilities = Capabilities(live_memory=True, live_disks=True, internal=True,
                                 external=True, revert_memory=True, live_merge=True)
 
     def __init__(self, state_dir: Path, runner: Runner, *, img: QemuImg, lvm: Lvm,
                  binary: str = "xl", xen_run_dir: Path = Path("/var/run/xen"),
                  timeout: float = 600.0, qmp_timeout: float = 30.0,
-                 xen_python_dir: Path | None = None,
+                 xen_python_dir: Path | None = None, memory_strategy: str = "live",
+                 space_reserve_mb: int = 0,
                  dump_dir: Path = Path("/var/lib/xen/dump")) -> None:
         self.registry = Registry(state_dir)
         self.monitors = MonitorMarks(state_dir / "xl" / "nomonitor")
         self.watcher = Watcher(self, self.monitors, dump_dir)
+        self.memory_strategy, self.space_reserve_mb = memory_strategy, space_reserve_mb
+        self.live_dir = state_dir / "xl" / "live"  # the live receivers' requests and reports
         self.xen_python_dir = xen_python_dir
         self.scratch = state_dir / "xl" / "scratch"
         self.windows = WindowMarks(state_dir / "xl" / "windows")
@@ -215,8 +218,9 @@ class XlDriver(Driver):
         (:meth:`resume_suspended`); then ``xl unpause`` or ``xl pause`` to the wanted
         state."""
         found = self._lookup(uuid)
-        if found is not None:  # an xl save that outlived its worker ends first
+        if found is not None:  # an xl save or migrate that outlived its worker ends first
             wait_for_saves(self.binary, domid=found[0], timeout=self.timeout)
+        xllive.clear_runs(self.live_dir, uuid)  # a dead worker's receiver request/report
         self.recover_windows(blocking=True)
         self.resume_suspended(uuid)
         return super().resume_after_crash(uuid, state=state)
@@ -300,11 +304,29 @@ class XlDriver(Driver):
     def capture(self, uuid: str, *, name: str, memory_file: Path | None,
                 disks: list[DiskOp], progress: Progress) -> LiveResult:
         domid, state = self._running(uuid)
-        was_running = state == "running"
+        fallback = None
+        if memory_file is not None:  # live (xl migrate) where it works: workers.drivers.xllive
+            fallback = xllive.choose(self.memory_strategy, state, disks)
+            try:
+                if fallback is None:
+                    return xllive.capture_live(self, uuid, domid, name=name, disks=disks,
+                                               memory_file=memory_file, progress=progress)
+            except xllive.LiveRefused as exc:
+                fallback = exc.reason
         if any(op.strategy == "save-restore" for op in disks):
-            return self._capture_save_restore(uuid, domid, name=name, memory_file=memory_file,
-                                              disks=disks, was_running=was_running,
-                                              progress=progress)
+            result = self._capture_save_restore(uuid, domid, name=name, memory_file=memory_file,
+                                                disks=disks, was_running=state == "running",
+                                                progress=progress)
+        else:
+            result = self._capture_paused(uuid, domid, state, memory_file, name, disks, progress)
+        if memory_file is not None:
+            result.memory_strategy, result.memory_fallback = "save", fallback
+        return result
+
+    def _capture_paused(self, uuid: str, domid: int, state: str, memory_file: Path | None,
+                        name: str, disks: list[DiskOp], progress: Progress) -> LiveResult:
+        """``xl save -p`` (or ``xl pause``), the disks, ``xl unpause``."""
+        was_running = state == "running"
         result = LiveResult(domain_state=state)
         t0 = time.monotonic()
         if memory_file is not None:
@@ -573,24 +595,5 @@ class XlDriver(Driver):
     # ------------------------------------------------------------ a suspend left behind
 
     def resume_suspended(self, uuid: str) -> bool:
-        """Resume the domain if it is shut down for a suspend that nobody resumed (an
-        ``xl save`` that died after the guest suspended: ``---ss-``), as libxl does after
-        a failed save: an HVM domain's device model first (QMP ``cont``), then the
-        domain (:mod:`workers.drivers.xenresume`, in its own process). Returns whether
-        there was anything to resume; raises if the domain is still suspended after."""
-        found = self._lookup(uuid)
-        if found is None or found[1] != "suspended":
-            return False
-        domid = found[0]
-        if self.registry.get(uuid).config.type == "hvm" and self._has_qmp(domid):
-            with self._qmp(domid) as q:
-                q.execute("cont")
-        bindings = ["--bindings", str(self.xen_python_dir)] if self.xen_python_dir else []
-        self.runner([sys.executable, "-m", "workers.drivers.xenresume", *bindings, str(domid)],
-                    timeout=60)
-        after = self._lookup(uuid)
-        if after is not None and after[1] == "suspended":
-            raise Refused(f"domain {uuid} is still suspended after the resume", domain=uuid)
-        log.warning("domain %s (domid %s) was left suspended by a save that died; resumed",
-                    uuid, domid)
-        return True
+        """Resume a domain a dead save or migrate left ``---ss-`` (:mod:`.xlsave`)."""
+        return xlsave.resume_suspended(self, uuid)

@@ -10,7 +10,10 @@ and kills its process group at that bound; then the domain is resumed or restore
 the operation rolled back as before.
 
 The saves are found in ``/proc``: a process whose argv is ``... xl [opts] save [-c|-p]
-DOM FILE [CFG]`` (:func:`save_target` is the pure part).
+DOM FILE [CFG]`` (:func:`save_target` is the pure part). A live memory snapshot
+(:mod:`workers.drivers.xllive`) is an ``xl [opts] migrate -s RUNE DOM HOST`` and its
+receiver (``... -m workers.drivers.xlreceive .../domid-DOM.*.request.json``): both are
+waited for by domid, the receiver because its disk transaction may still be running.
 """
 
 from __future__ import annotations
@@ -18,8 +21,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from domsnap.errors import Refused
+
+if TYPE_CHECKING:
+    from workers.drivers.xl import XlDriver
 
 log = logging.getLogger("domsnap.xl")
 
@@ -34,11 +44,35 @@ def save_target(argv: list[str], binary: str) -> tuple[str, str] | None:
         rest = argv[i + 1:]
         while rest and rest[0].startswith("-"):  # xl's global options: -v, -N, ...
             rest = rest[1:]
+        if rest and rest[0] == "migrate":  # xl migrate [-s CMD] [-C CFG] [...] DOM HOST
+            args, positional = rest[1:], []
+            while args:
+                arg, args = args[0], args[1:]
+                if arg in ("-s", "-C") and args:
+                    args = args[1:]  # the option's value
+                elif not arg.startswith("-"):
+                    positional.append(arg)
+            return (positional[0], "") if len(positional) >= 2 else None
         if not rest or rest[0] != "save":
             return None
         positional = [a for a in rest[1:] if not a.startswith("-")]
         return (positional[0], positional[1]) if len(positional) >= 2 else None
     return None
+
+
+RECEIVER = "workers.drivers.xlreceive"
+
+
+def receiver_domid(argv: list[str]) -> str | None:
+    """The domid of a live-snapshot receiver (``python -m workers.drivers.xlreceive
+    .../domid-N.<tag>.request.json ...``: :mod:`workers.drivers.xllive` names it so)."""
+    if RECEIVER not in argv[:4]:
+        return None
+    at = argv.index(RECEIVER)
+    name = os.path.basename(argv[at + 1]) if len(argv) > at + 1 else ""
+    if not name.startswith("domid-"):
+        return None
+    return name[len("domid-"):].split(".", 1)[0] or None
 
 
 def _argv(pid: int, proc: Path) -> list[str] | None:
@@ -63,14 +97,18 @@ def _age_s(pid: int, proc: Path) -> float | None:
 
 def running_saves(binary: str, *, domid: int | None = None, file: Path | None = None,
                   proc: Path = Path("/proc")) -> list[int]:
-    """pids of the ``xl save`` processes of domain ``domid`` or into ``file``."""
-    want_file = os.path.abspath(file) if file is not None else None
+    """pids of the ``xl save`` processes of domain ``domid`` or into ``file``; for a
+    ``domid``, its ``xl migrate`` (a live snapshot) and that one's receiver too."""
+    want_file = os.path.abspath(file) if file is not None else None  # (migrate: no file)
     found = []
     for entry in proc.iterdir() if proc.is_dir() else []:
         if not entry.name.isdigit():
             continue
         argv = _argv(int(entry.name), proc)
         target = save_target(argv, binary) if argv else None
+        receiver = receiver_domid(argv) if argv else None
+        if receiver is not None:  # its disk transaction may still be running
+            target = (receiver, "")
         if target is None:
             continue
         if (domid is not None and target[0] == str(domid)) or \
@@ -98,3 +136,27 @@ def wait_for_saves(binary: str, *, timeout: float, domid: int | None = None,
                 break
             time.sleep(0.1)
     return len(pids)
+
+
+def resume_suspended(drv: XlDriver, uuid: str) -> bool:
+    """Resume the domain if it is shut down for a suspend that nobody resumed (an
+    ``xl save`` or ``xl migrate`` that died after the guest suspended: ``---ss-``), as
+    libxl does after a failed save: an HVM domain's device model first (QMP ``cont``),
+    then the domain (:mod:`workers.drivers.xenresume`, in its own process). Returns
+    whether there was anything to resume; raises if the domain is still suspended after."""
+    found = drv._lookup(uuid)
+    if found is None or found[1] != "suspended":
+        return False
+    domid = found[0]
+    if drv.registry.get(uuid).config.type == "hvm" and drv._has_qmp(domid):
+        with drv._qmp(domid) as q:
+            q.execute("cont")
+    bindings = ["--bindings", str(drv.xen_python_dir)] if drv.xen_python_dir else []
+    drv.runner([sys.executable, "-m", "workers.drivers.xenresume", *bindings, str(domid)],
+               timeout=60)
+    after = drv._lookup(uuid)
+    if after is not None and after[1] == "suspended":
+        raise Refused(f"domain {uuid} is still suspended after the resume", domain=uuid)
+    log.warning("domain %s (domid %s) was left suspended by a save that died; resumed",
+                uuid, domid)
+    return True

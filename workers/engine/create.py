@@ -18,7 +18,7 @@ from typing import Any
 from domsnap.errors import DomsnapError, InvalidInput, OperationFailed, Refused, SnapshotExists
 from schemas.config import DomainConfig
 from schemas.models import CreateRequest, DiskChoice, DiskSnapshot, DomainInfo, SnapshotRecord
-from workers.drivers.base import DiskOp
+from workers.drivers.base import DiskOp, LiveResult
 from workers.engine import capacity, jobs
 from workers.engine.diskops import take_offline, undo_offline
 from workers.engine.formats import OVERLAY_BASES
@@ -131,7 +131,7 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
         result = commit(host, req, plan, disk_ms={d.vdev: live.disks_ms for d in disks},
                         pause_ms=live.pause_ms,
                         memory_save_ms=live.memory_save_ms, memory_bytes=live.memory_bytes,
-                        domain_state=live.domain_state)
+                        domain_state=live.domain_state, memory=_memory_info(live))
     except BaseException as exc:
         if not captured and not _still_active(host, req.domain):
             # the hypervisor died under the capture (its QEMU killed after the disk
@@ -217,9 +217,16 @@ def finish_offline(host: Host, req: CreateRequest, plan: dict[str, Any],
     return result
 
 
+def _memory_info(live: LiveResult) -> dict[str, Any]:
+    """How the memory was saved, for the record and the job result (xl: live or save)."""
+    return {"memory_strategy": live.memory_strategy, "memory_fallback": live.memory_fallback,
+            "memory_page_records": live.memory_page_records,
+            "memory_rounds": live.memory_rounds}
+
+
 def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dict[str, float],
            pause_ms: float | None, memory_save_ms: float | None, memory_bytes: int | None,
-           domain_state: str) -> dict[str, Any]:
+           domain_state: str, memory: dict[str, Any] | None = None) -> dict[str, Any]:
     """All parts exist: point the domain at new overlays, write sidecar then Redis.
 
     The Redis write is the moment the snapshot becomes visible (``ready``); the
@@ -244,13 +251,13 @@ def commit(host: Host, req: CreateRequest, plan: dict[str, Any], *, disk_ms: dic
         or time.time(), domain_state=domain_state,  # type: ignore[arg-type]
         disk_only=plan["memory_file"] is None, memory_file=plan["memory_file"],
         memory_bytes=memory_bytes, memory_save_ms=memory_save_ms, pause_ms=pause_ms,
-        parent=host.store.current(req.domain), disks=snaps, domain_config=config,
+        **(memory or {}), parent=host.store.current(req.domain), disks=snaps, domain_config=config,
         job_id=req.job_id, policy=req.policy)
     host.files.write_sidecar(record)
     faults.point("commit-sidecar")
     host.store.commit_snapshot(record, job_id=req.job_id, fence=jobs.fence_of(req, plan))
     result = {"name": record.name, "pause_ms": pause_ms, "memory_save_ms": memory_save_ms,
-              "memory_bytes": memory_bytes, "disk_only": record.disk_only,
+              "memory_bytes": memory_bytes, **(memory or {}), "disk_only": record.disk_only,
               "disks": [s.model_dump(mode="json") for s in snaps]}
     return result
 

@@ -305,6 +305,8 @@ def _recover_planned(host: Host, req: jobs.AnyRequest, plan: dict[str, Any],
         rec = host.store.get_snapshot(req.domain, req.name)
         if rec.job_id == req.job_id:  # it did commit; only the report was left
             jobs.succeed(host, req, {"name": rec.name, "pause_ms": rec.pause_ms,
+                                     "memory_strategy": rec.memory_strategy,
+                                     "memory_fallback": rec.memory_fallback,
                                      "recovered": True})
             return
     except UnknownSnapshot:

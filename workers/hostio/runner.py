@@ -66,6 +66,7 @@ class Runner(Protocol):
         check: bool = True,
         input: bytes | None = None,
         outlive: bool = False,
+        stderr_lines: Callable[[str], None] | None = None,
     ) -> Completed: ...
 
 
@@ -108,14 +109,17 @@ class SubprocessRunner:
         check: bool = True,
         input: bytes | None = None,
         outlive: bool = False,
+        stderr_lines: Callable[[str], None] | None = None,
     ) -> Completed:
         args = _argv_list(argv)
         if not args:
             raise ValueError("argv is empty")
+        if stderr_lines is not None and not outlive:
+            raise ValueError("stderr_lines is for a command that outlives its caller")
         if outlive:
             if input is not None:
                 raise ValueError("a command that outlives its caller takes no input")
-            return self._outliving(args, timeout=timeout, check=check)
+            return self._outliving(args, timeout=timeout, check=check, lines=stderr_lines)
         started = time.monotonic()
         proc = self._spawn(args, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -143,19 +147,45 @@ class SubprocessRunner:
         except OSError as exc:  # not executable, exec format error, ...
             raise CommandFailed(args, 126, f"{args[0]}: cannot execute: {exc}") from None
 
-    def _outliving(self, args: list[str], *, timeout: float, check: bool) -> Completed:
-        """Run ``args`` with its output in anonymous files (see the module docstring)."""
+    def _outliving(self, args: list[str], *, timeout: float, check: bool,
+                   lines: Callable[[str], None] | None = None) -> Completed:
+        """Run ``args`` with its output in anonymous files (see the module docstring);
+        ``lines`` gets each line of stderr as soon as it is complete (within 5 ms)."""
         started = time.monotonic()
         with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
             proc = self._spawn(args, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f)
             try:
-                proc.wait(timeout=timeout)
+                if lines is None:
+                    proc.wait(timeout=timeout)
+                else:
+                    _tail(proc, err_f.fileno(), lines, started + timeout)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 proc.wait()
                 raise _timed_out(args, timeout, _read_back(out_f), _read_back(err_f)) from None
             return _done(args, proc.returncode, _read_back(out_f), _read_back(err_f),
                          started, check)
+
+
+def _tail(proc: subprocess.Popen[bytes], fd: int, lines: Callable[[str], None],
+          deadline: float) -> None:
+    """Wait for ``proc``, handing each complete line written to ``fd`` to ``lines``. The
+    child shares the file's offset: read with ``pread`` at an offset of our own."""
+    offset, partial = 0, b""
+    while True:
+        done = proc.poll() is not None
+        while chunk := os.pread(fd, 65536, offset):
+            offset += len(chunk)
+            *complete, partial = (partial + chunk).split(b"\n")
+            for line in complete:
+                lines(_decode(line))
+        if done:
+            if partial:
+                lines(_decode(partial))
+            return
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        time.sleep(0.005)
 
 
 def _read_back(fh: Any) -> str:
@@ -239,6 +269,7 @@ class RecordingRunner:
         check: bool = True,
         input: bytes | None = None,
         outlive: bool = False,
+        stderr_lines: Callable[[str], None] | None = None,
     ) -> Completed:
         call = Call(argv=_argv_list(argv), timeout=timeout, check=check, input=input,
                     outlive=outlive)
@@ -247,6 +278,9 @@ class RecordingRunner:
         if isinstance(answer, BaseException):
             raise answer
         done = replace(answer, argv=list(call.argv))
+        if stderr_lines is not None:
+            for line in done.stderr.splitlines():
+                stderr_lines(line)
         if check and done.returncode != 0:
             raise CommandFailed(done.argv, done.returncode, done.stderr, done.stdout)
         return done
