@@ -1,7 +1,8 @@
 """After domsnap suspended a domain, its shutdowns are still acted on (issue 8).
 
 ``xl create``'s monitor exits at the first suspend ("Domain has suspended."), so after a
-memory snapshot (``xl save -p``) nobody would act on the config's ``on_reboot`` etc.: on
+memory snapshot (``xl migrate`` on the live path, ``xl save -p`` otherwise) nobody would
+act on the config's ``on_reboot`` etc.: on
 Xen 4.17 ``xl reboot`` then left the domain ``---sr-`` for good. The stand-in xl behaves
 so (tests/xlstandin/hypervisor.py, monitor.py); domsnap's guard takes over
 (workers/drivers/xlmonitor.py). Each test drives a shutdown (``xl reboot``, the guest's
@@ -86,7 +87,8 @@ def test_xl_reboot_after_a_memory_snapshot_restarts_on_the_active_images(
     client = cluster.client()
     for vdev in dom.vdevs:
         write_state(dom, vdev, {1: 0x11})
-    _ok(client, client.create(dom.name, name="m1", type="external"))  # xl save -p
+    job = _ok(client, client.create(dom.name, name="m1", type="external"))
+    assert job.result is not None and job.result["memory_strategy"] == "live"  # xl migrate
     assert not _no_monitor_mark(dom)  # domsnap knows the monitor is gone
     for vdev in dom.vdevs:
         write_state(dom, vdev, {2: 0x22})
@@ -173,7 +175,11 @@ def test_poweroff_after_a_memory_snapshot_destroys_by_default(
         cluster: Cluster, x1: str) -> None:
     dom = _dom(cluster, x1, "xm-poff", guest=False)
     client = cluster.client()
-    _ok(client, client.create(dom.name, name="m1"))
+    dom.pause()  # a paused domain's memory snapshot takes the `xl save -p` path
+    job = _ok(client, client.create(dom.name, name="m1"))
+    assert job.result is not None and job.result["memory_strategy"] == "save"
+    assert not _no_monitor_mark(dom)  # that path loses xl's monitor too
+    dom.unpause()
     old = _domid(dom)
     dom.host.xl("shutdown", dom.name)
     _wait("the domain was not destroyed", lambda: _flags(dom) is None)
