@@ -16,8 +16,10 @@ import redis
 
 
 def accel() -> str:
-    """KVM where /dev/kvm is usable, else TCG (QEMU's emulator)."""
-    return "KVM" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "TCG"
+    """KVM where the qemu driver would use it (workers/drivers/accel.py), else TCG."""
+    from workers.drivers.accel import kvm_usable
+
+    return "KVM" if kvm_usable() else "TCG"
 
 
 def machine(note: str = "at the start") -> str:
