@@ -37,7 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import NOISE, PrivateRedis, delta, load_now, machine, percentile
+from bench.harness import (
+    NOISE,
+    PrivateRedis,
+    delta,
+    load_now,
+    machine,
+    percentile,
+    redis_cpu_s,
+    session_cpu_s,
+)
 from bench.history import write_with_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +67,8 @@ class Round:
     commands: dict[str, int]
     polls: int
     failed: int = 0
+    cpu_s: float = 0.0  # the fleet's processes over the round
+    redis_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -79,6 +90,9 @@ class Fleet:
                     raise SystemExit(f"{self.label}: {log} not ready:\n"
                                      f"{log.read_text(errors='replace')[-3000:]}")
                 time.sleep(0.3)
+
+    def sids(self) -> set[int]:
+        return {p.pid for p in self.procs}
 
     def stop(self) -> None:
         import signal
@@ -293,10 +307,14 @@ def main(argv: list[str] | None = None) -> int:
                 order = ["domsnap", "ceiling"] if i % 2 == 0 else ["ceiling", "domsnap"]
                 for label in order:
                     loads.append(load_now())
+                    fleet = ds if label == "domsnap" else ceil
+                    cpu0, rcpu0 = session_cpu_s(fleet.sids()), redis_cpu_s(red.r)
                     if label == "domsnap":
                         rnd = run_domsnap(red, red.url, domains, f"r{i}", timeout)
                     else:
                         rnd = run_ceiling(red, ceiling_url, hosts, n_hosts * per_host, timeout)
+                    rnd.cpu_s = session_cpu_s(fleet.sids()) - cpu0
+                    rnd.redis_cpu_s = redis_cpu_s(red.r) - rcpu0
                     results[label].append(rnd)
                     print(f"round {i} {label}: {rnd.rate:.1f} jobs/s, p50 "
                           f"{statistics.median(rnd.latencies_ms):.0f} ms, "
@@ -325,6 +343,8 @@ def report(results: dict[str, list[Round]], idle: float, args: argparse.Namespac
             "p99": statistics.median(percentile(r.latencies_ms, 99) for r in rs),
             "cmds": statistics.median(per_job(r, idle) for r in rs),
             "submit": statistics.median(r.submit_s for r in rs),
+            "cpu": statistics.median(r.cpu_s / r.jobs * 1000 for r in rs),
+            "rcpu": statistics.median(r.redis_cpu_s / r.jobs * 1000 for r in rs),
         }
     ratio = med["domsnap"]["rate"] / med["ceiling"]["rate"]
     lines = [
@@ -348,12 +368,13 @@ def report(results: dict[str, list[Round]], idle: float, args: argparse.Namespac
         "BRPOP loops, heartbeats) and the benchmark's own polling.",
         "",
         "| fleet | jobs/s | p50 submit→done (ms) | p99 submit→done (ms) | Redis cmds/job "
-        "| submit all (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| workers' CPU/job (ms) | Redis CPU/job (ms) | submit all (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, m in med.items():
         lines.append(f"| {label} | {m['rate']:.1f} | {m['p50']:.0f} | {m['p99']:.0f} | "
-                     f"{m['cmds']:.1f} | {m['submit']:.1f} |")
+                     f"{m['cmds']:.1f} | {m['cpu']:.1f} | {m['rcpu']:.2f} | "
+                     f"{m['submit']:.1f} |")
     summary = (f"{time.strftime('%Y-%m-%d')}, {n_hosts} hosts, {n:,} jobs: domsnap "
                f"{med['domsnap']['rate']:.1f} jobs/s, ceiling {med['ceiling']['rate']:.1f} "
                f"jobs/s, ratio {ratio:.2f}x; p50 {med['domsnap']['p50']:.0f} ms, p99 "

@@ -34,10 +34,11 @@ AnyRequest = CreateRequest | RevertRequest | DeleteRequest
 Progress = Callable[[str, str], None]
 
 
-def progress_for(host: Host, job_id: str) -> Progress:
+def progress_for(host: Host, job_id: str, *, data: dict[str, Any] | None = None) -> Progress:
+    """The job's progress callback; ``data`` goes with each event it adds."""
     def emit(step: str, message: str) -> None:
         try:
-            host.store.add_event(job_id, step, message)
+            host.store.add_event(job_id, step, message, data)
         except DomsnapError:
             pass  # progress is best effort; the job record is not
 
