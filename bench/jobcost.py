@@ -66,6 +66,7 @@ def measure(jobs: int = 50, *, profile: bool = False, trace: bool = False) -> di
             for req in reqs:  # what the client did
                 host.store.claim_name(req.domain, req.name, req.job_id)
                 host.store.create_job(JobRecord.queued(req, req.submitted_at or 0))
+            client_cost = _client_cost(host, red, [r.domain for r in reqs])
             counts = {"trips": 0, "fsyncs": 0}
             callers: dict[str, int] = {}
             real_send = redis.connection.AbstractConnection.send_packed_command
@@ -123,7 +124,7 @@ def measure(jobs: int = 50, *, profile: bool = False, trace: bool = False) -> di
                 "jobs": jobs, "wall_ms": wall / jobs * 1000, "cpu_ms": cpu / jobs * 1000,
                 "children_cpu_ms": children / jobs * 1000,
                 "trips": counts["trips"] / jobs, "commands": commands / jobs,
-                "fsyncs": counts["fsyncs"] / jobs}
+                "fsyncs": counts["fsyncs"] / jobs, **client_cost}
             if trace:
                 out["callers"] = "\n".join(f"{n / jobs:5.2f}  {k}" for k, n in sorted(
                     callers.items(), key=lambda kv: -kv[1]))
@@ -134,6 +135,39 @@ def measure(jobs: int = 50, *, profile: bool = False, trace: bool = False) -> di
             return out
         finally:
             red.stop()
+
+
+def _client_cost(host: Any, red: PrivateRedis, domains: list[str]) -> dict[str, float]:
+    """What ``Client.create`` costs per call (resolve, validation, claim, job record,
+    send_task): its wall, CPU and round trips, on a name of its own (the messages stay
+    in the host's queue, which nobody consumes here)."""
+    import redis.connection
+
+    from domsnap.client import Client
+    from domsnap.settings import Settings
+    from workers.runtime import publish
+
+    publish(host)  # the inventory the client resolves the domains from
+    client = Client(Settings(redis_url=red.url, key_prefix="jobcost"))
+    client.create(domains[0], name="warm")  # the Celery app and connections
+    trips = [0]
+    real_send = redis.connection.AbstractConnection.send_packed_command
+
+    def send(self: Any, command: Any, check_health: bool = True) -> None:
+        trips[0] += 1
+        real_send(self, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+    try:
+        t0, p0 = time.perf_counter(), time.process_time()
+        for uuid in domains:
+            client.create(uuid, name="client")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - p0
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = real_send  # type: ignore[method-assign]
+    n = len(domains)
+    return {"client_wall_ms": wall / n * 1000, "client_cpu_ms": cpu / n * 1000,
+            "client_trips": trips[0] / n}
 
 
 def main(argv: list[str] | None = None) -> int:
