@@ -302,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
             ds.wait_ready(2)
             ceil.wait_ready(1)
             time.sleep(3)  # first heartbeats published, inventories in Redis
+            cpu0 = {f.label: session_cpu_s(f.sids()) for f in fleets}
             idle = idle_rate(red, 5.0)
+            idle_cpu = {f.label: (session_cpu_s(f.sids()) - cpu0[f.label]) / 5.0
+                        for f in fleets}
             for i in range(rounds):
                 order = ["domsnap", "ceiling"] if i % 2 == 0 else ["ceiling", "domsnap"]
                 for label in order:
@@ -324,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
             for fl in fleets:
                 fl.stop()
             red.stop()
+    from bench.jobcost import measure
+
+    cost = measure(min(50, n_hosts * per_host), trace=True)
     body, summary = report(results, idle, args, n_hosts, per_host, rounds, where, loads)
+    body += analysis(results, idle_cpu, cost)
     print("\n".join(body))
     if not args.no_write:
         write_with_history(DOC, HEADING, body, summary)
@@ -385,6 +392,38 @@ def report(results: dict[str, list[Round]], idle: float, args: argparse.Namespac
     lines += ["Redis commands per job by command (median round, idle traffic not taken out):",
               "", "| command | domsnap | ceiling |", "| --- | --- | --- |", *top]
     return lines, summary
+
+
+def analysis(results: dict[str, list[Round]], idle_cpu: dict[str, float],
+             cost: dict[str, Any]) -> list[str]:
+    """Why domsnap is below the ceiling: CPU per job (the machine's 2 cores are the
+    limit), and what one create costs the host, measured without the queue."""
+    def cpu(label: str) -> float:
+        return statistics.median(r.cpu_s / r.jobs * 1000 for r in results[label])
+
+    lines = ["", "### Why: what a job costs", "",
+             f"Both fleets are CPU-bound on this machine: {os.cpu_count()} cores run the "
+             "client, every worker process and Redis. Idle, the domsnap fleet burns "
+             f"{idle_cpu.get('domsnap', 0) * 1000:.0f} ms of CPU a second (heartbeats listing "
+             "every domain, the pause guards' polls, Celery's loops), the ceiling "
+             f"{idle_cpu.get('ceiling', 0) * 1000:.0f} ms. Per job, the workers' processes "
+             f"used {cpu('domsnap'):.0f} ms of CPU in domsnap's fleet against "
+             f"{cpu('ceiling'):.0f} ms in the ceiling's.", "",
+             f"One create called directly on a null-driver host in one process (no queue; "
+             f"`python -m bench.jobcost --jobs {cost['jobs']} --trace`), per job:", "",
+             "| what | per job |", "| --- | --- |",
+             f"| wall (ms) | {cost['wall_ms']:.1f} |",
+             f"| CPU of the engine, this process (ms) | {cost['cpu_ms']:.1f} |",
+             f"| CPU of qemu-img (ms) | {cost['children_cpu_ms']:.1f} |",
+             f"| Redis round trips | {cost['trips']:.1f} |",
+             f"| Redis commands | {cost['commands']:.1f} |",
+             f"| fsyncs | {cost['fsyncs']:.1f} |",
+             f"| `Client.create`: wall / CPU (ms) | {cost['client_wall_ms']:.1f} / "
+             f"{cost['client_cpu_ms']:.1f} |",
+             f"| `Client.create`: Redis round trips | {cost['client_trips']:.1f} |",
+             "", "Who makes them (round trips and fsyncs per job, by caller):", "", "```",
+             *cost.get("callers", "").splitlines()[:24], "```"]
+    return lines
 
 
 def _top_commands(ds: list[Round], ce: list[Round], n: int, limit: int = 14) -> list[str]:
