@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=2,
                     help="each pool's processes (domsnap's default: 2 and 2)")
     ap.add_argument("--no-write", action="store_true", help="print, leave the docs alone")
+    ap.add_argument("--growth-only", action="store_true",
+                    help="only add this host count to the growth figures (docs/bench-data)")
     args = ap.parse_args(argv)
     n_hosts = args.hosts or (2 if args.quick else 10)
     per_host = args.domains_per_host or (20 if args.quick else 100)
@@ -327,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             for fl in fleets:
                 fl.stop()
             red.stop()
+    from bench import data
     from bench.jobcost import measure
 
     cost = measure(min(50, n_hosts * per_host), trace=True)
@@ -334,7 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     body += analysis(results, idle_cpu, cost)
     print("\n".join(body))
     if not args.no_write:
-        write_with_history(DOC, HEADING, body, summary)
+        figures: dict[str, float] = {"jobs": n_hosts * per_host}
+        for label, rs in results.items():
+            figures[f"{label}_rate"] = statistics.median(r.rate for r in rs)
+            figures[f"{label}_p50"] = statistics.median(
+                statistics.median(r.latencies_ms) for r in rs)
+            figures[f"{label}_p99"] = statistics.median(
+                percentile(r.latencies_ms, 99) for r in rs)
+        data.save("fleet", n_hosts, figures)
+        if not args.growth_only:
+            write_with_history(DOC, HEADING, body, summary)
     return 1 if any(r.failed for rs in results.values() for r in rs) else 0
 
 
