@@ -22,6 +22,7 @@ docs/benchmarks.md, keeping earlier runs' figures.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 HEADING = "Where the wall time of a create goes (qemu driver)"
 ROWS = ["CLI: whole command (new process)", "CLI: start-up (`snapshot-create --help`)",
+        "CLI: whole command, CPU time", "CLI: start-up, CPU time",
         "client: submit (resolve, validate, claim, job record, enqueue)",
         "queue hop + admission (submitted → admitted)",
         "continuation hop + step admission (admitted → capture)",
@@ -66,16 +68,16 @@ def through_client(client: Any, dom: str, name: str) -> dict[str, float]:
     resumed = ev["resumed"]
     data = resumed.data
     return {
-        ROWS[2]: _ms(t0, t1),
-        ROWS[3]: _ms(job.submitted_at, ev["admitted"].ts),
-        ROWS[4]: _ms(ev["admitted"].ts, ev["capture"].ts),
-        ROWS[5]: _ms(ev["capture"].ts, resumed.ts),
-        ROWS[6]: float(data.get("pause_ms") or 0),
-        ROWS[7]: float(data.get("memory_save_ms") or 0),
-        ROWS[8]: float(data.get("fsync_ms") or 0),
-        ROWS[9]: _ms(resumed.ts, job.finished_at or resumed.ts),
-        ROWS[10]: _ms(job.finished_at or t2, t2),
-        ROWS[11]: _ms(t0, t2),
+        ROWS[4]: _ms(t0, t1),
+        ROWS[5]: _ms(job.submitted_at, ev["admitted"].ts),
+        ROWS[6]: _ms(ev["admitted"].ts, ev["capture"].ts),
+        ROWS[7]: _ms(ev["capture"].ts, resumed.ts),
+        ROWS[8]: float(data.get("pause_ms") or 0),
+        ROWS[9]: float(data.get("memory_save_ms") or 0),
+        ROWS[10]: float(data.get("fsync_ms") or 0),
+        ROWS[11]: _ms(resumed.ts, job.finished_at or resumed.ts),
+        ROWS[12]: _ms(job.finished_at or t2, t2),
+        ROWS[13]: _ms(t0, t2),
     }
 
 
@@ -104,18 +106,23 @@ def direct(client: Any, host: Any, dom: str, name: str) -> dict[str, float]:
     t4 = time.perf_counter()
     create.run_live(host, req, plan)
     t5 = time.perf_counter()
-    return {ROWS[12]: _ms(t0, t1), ROWS[13]: _ms(t1, t2), ROWS[14]: _ms(t2, t3),
-            ROWS[15]: _ms(t3, t4), ROWS[16]: _ms(t4, t5), ROWS[17]: _ms(t0, t5)}
+    return {ROWS[14]: _ms(t0, t1), ROWS[15]: _ms(t1, t2), ROWS[16]: _ms(t2, t3),
+            ROWS[17]: _ms(t3, t4), ROWS[18]: _ms(t4, t5), ROWS[19]: _ms(t0, t5)}
 
 
-def cli(env: dict[str, str], *args: str) -> float:
+def cli(env: dict[str, str], *args: str) -> tuple[float, float]:
+    """(wall ms, CPU ms) of one CLI command: under load the wall is mostly waiting
+    for a core, the CPU time (user + system of the process) is what it costs."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "domsnap", *args], env=env,
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     took = _ms(t0, time.perf_counter())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"domsnap {' '.join(args)} failed: {proc.stderr[-800:]}")
-    return took
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    return took, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             direct(client, host, dom.name, "warm-direct")
             for i in range(runs):
                 loads.append(load_now())
-                samples[ROWS[0]].append(cli(env, "snapshot-create", "-n", f"cli{i}", dom.name))
-                samples[ROWS[1]].append(cli(env, "snapshot-create", "--help"))
+                wall, cpu = cli(env, "snapshot-create", "-n", f"cli{i}", dom.name)
+                samples[ROWS[0]].append(wall)
+                samples[ROWS[2]].append(cpu)
+                wall, cpu = cli(env, "snapshot-create", "--help")
+                samples[ROWS[1]].append(wall)
+                samples[ROWS[3]].append(cpu)
                 for k, v in through_client(client, dom.name, f"cl{i}").items():
                     samples[k].append(v)
                 for k, v in direct(client, host, dom.name, f"dir{i}").items():
@@ -173,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(samples: dict[str, list[float]], runs: int, memory: int, quick: bool, where: str,
            loads: list[str]) -> tuple[list[str], str]:
     med = {k: statistics.median(v) for k, v in samples.items()}
-    client_total, direct_total = med[ROWS[11]], med[ROWS[17]]
+    client_total, direct_total = med[ROWS[13]], med[ROWS[19]]
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} with `python -m bench.hops"
         f"{' --quick' if quick else ''} --runs {runs} --memory {memory}` on {where}; load at "
@@ -194,10 +205,11 @@ def report(samples: dict[str, list[float]], runs: int, memory: int, quick: bool,
               f"to a create: {client_total:.0f} ms through the client against "
               f"{direct_total:.0f} ms called directly ({client_total / direct_total:.2f}x). "
               "The CLI adds its start-up on top."]
-    summary = (f"{time.strftime('%Y-%m-%d')}, {memory} MiB guest: CLI {med[ROWS[0]]:.0f} ms, "
+    summary = (f"{time.strftime('%Y-%m-%d')}, {memory} MiB guest: CLI {med[ROWS[0]]:.0f} ms "
+               f"({med[ROWS[2]]:.0f} ms CPU), "
                f"client {client_total:.0f} ms, direct {direct_total:.0f} ms (queue adds "
-               f"{queue:.0f} ms); capture {med[ROWS[5]]:.0f} ms, pause {med[ROWS[6]]:.0f} ms, "
-               f"fsync {med[ROWS[8]]:.0f} ms, event delivery {med[ROWS[10]]:.0f} ms")
+               f"{queue:.0f} ms); capture {med[ROWS[7]]:.0f} ms, pause {med[ROWS[8]]:.0f} ms, "
+               f"fsync {med[ROWS[10]]:.0f} ms, event delivery {med[ROWS[12]]:.0f} ms")
     return lines, summary
 
 
