@@ -26,5 +26,7 @@ def save(name: str, size: int | str, figures: dict[str, Any]) -> None:
     data = load(name)
     data[str(size)] = figures
     DIR.mkdir(parents=True, exist_ok=True)
-    ordered = dict(sorted(data.items(), key=lambda kv: float(kv[0])))
-    (DIR / f"{name}.json").write_text(json.dumps(ordered, indent=1, sort_keys=True) + "\n")
+    # sizes in numeric order (sort_keys would put "10" before "2"), figures by name
+    ordered = {k: dict(sorted(v.items())) for k, v in
+               sorted(data.items(), key=lambda kv: float(kv[0]))}
+    (DIR / f"{name}.json").write_text(json.dumps(ordered, indent=1) + "\n")

@@ -4,6 +4,7 @@ other tests use the shared Redis), and Redis command counts."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -90,7 +91,7 @@ def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
