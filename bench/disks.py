@@ -69,12 +69,12 @@ def run(counts: list[int], runs: int, memory: int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 and 2 disks, 1 round, 128 MiB")
+    ap.add_argument("--quick", action="store_true", help="one guest of 2 disks, 1 round, 128 MiB")
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--memory", type=int, default=None, help="guest MiB (default 256)")
     ap.add_argument("--no-write", action="store_true", help="print, leave the docs alone")
     args = ap.parse_args(argv)
-    counts = [1, 2] if args.quick else [1, 2, 4, 8]
+    counts = [2] if args.quick else [1, 2, 4, 8]
     runs = args.runs or (1 if args.quick else 5)
     memory = args.memory or (128 if args.quick else 256)
     where = machine()
