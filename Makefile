@@ -13,7 +13,7 @@ test:
 test-unit: setup
 	.venv/bin/pytest -q tests/unit
 
-# every benchmark's full mode (docs/benchmarks.md, plots under docs/plots; ~30 min)
+# every benchmark's full mode (docs/benchmarks.md, plots under docs/plots; ~45 min)
 bench: setup
 	.venv/bin/python -m bench
 

@@ -4,7 +4,7 @@ other, each writing its section of docs/benchmarks.md, then the growth plots.
 ``python -m bench [--only NAME ...] [--quick --no-write]``: ``--quick --no-write`` runs
 every quick mode and leaves the docs alone (what the CI ``bench`` suite does, module by
 module). The libvirt comparison of issue 11 (item 1) is not here: it needs libvirt.
-Full mode takes about half an hour on a 2-core machine under TCG.
+Full mode takes about 45 minutes on a 2-core machine under TCG (more under load).
 """
 
 from __future__ import annotations
