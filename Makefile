@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`.
-.PHONY: setup demo test test-unit lint lab lab-build
+.PHONY: setup demo test test-unit lint bench lab lab-build
 
 setup:
 	bash scripts/setup.sh
@@ -12,6 +12,10 @@ test:
 
 test-unit: setup
 	.venv/bin/pytest -q tests/unit
+
+# every benchmark's full mode (docs/benchmarks.md, plots under docs/plots; ~45 min)
+bench: setup
+	.venv/bin/python -m bench
 
 lint: setup
 	.venv/bin/ruff check domsnap workers tasks schemas tests bench

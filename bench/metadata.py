@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(body))
     if not args.no_write:
         write_section(DOC, HEADING, body)
+        from bench import data
+
+        for n, res in results.items():
+            data.save("metadata", n, res)
     return 0
 
 

@@ -373,7 +373,8 @@ def hosts(as_json: bool) -> None:
 
 @main.command("worker")
 @click.option("--host", help="Host name to serve (default: DOMSNAP_HOST or the hostname).")
-@click.option("--driver", type=click.Choice(["qemu", "xl"]), help="Hypervisor driver.")
+@click.option("--driver", type=click.Choice(["qemu", "xl", "null"]),
+              help="Hypervisor driver (null: no hypervisor, for benchmarks only).")
 @click.option("-c", "--concurrency", type=click.IntRange(1, 256),
               help="Pool size for new requests.")
 @click.option("--inflight-concurrency", type=click.IntRange(1, 256),

@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     snapshot_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 
     host: str = Field(default_factory=socket.gethostname)
-    # empty: xl where the xl binary is on PATH (a Xen dom0), else qemu
-    driver: Literal["qemu", "xl", ""] = ""
+    # empty: xl where the xl binary is on PATH (a Xen dom0), else qemu; "null" (no
+    # hypervisor: benchmarks and the driver contract suite only) is never auto-detected
+    driver: Literal["qemu", "xl", "null", ""] = ""
 
     job_ttl_s: int = 7 * 24 * 3600
     heartbeat_s: float = 5.0

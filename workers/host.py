@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -14,6 +15,8 @@ from workers.block.qemu_img import QemuImg
 from workers.drivers.base import Driver
 from workers.hostio.hostfiles import HostFiles
 from workers.hostio.runner import Runner, SubprocessRunner
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +53,11 @@ def make_driver(settings: Settings, runner: Runner, *, img: QemuImg, lvm: Lvm) -
                           accel=settings.qemu_accel, timeout=settings.command_timeout_s,
                           memory_bandwidth=settings.qemu_memory_bandwidth,
                           run_dir=settings.run_dir)
+    if settings.driver == "null":  # benchmarks and contract tests only: never auto-detected
+        from workers.drivers.null import WARNING, NullDriver
+
+        log.warning(WARNING)
+        return NullDriver(settings.state_dir, runner, img=img)
     raise InvalidInput(f"driver {settings.driver!r} is not available in this build",
                        field="driver")
 

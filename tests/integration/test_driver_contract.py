@@ -4,6 +4,9 @@ for all of them, in-process against real QEMU and real qcow2 images.
 - ``qemu``: domsnap's own QEMU.
 - ``xl``: the xl driver against the stand-in ``xl`` (tests/xlstandin) on real QEMU
   processes, with the device-model QMP socket at ``qmp-libxl-<domid>``.
+- ``null``: no hypervisor (workers/drivers/null.py, for benchmarks only), real qcow2
+  images through qemu-img: held to the same contract, so the fleet benchmark measures
+  a driver that behaves like the others.
 
 A new driver joins by adding a :class:`Toolstack` below; the tests do not change.
 """
@@ -27,6 +30,7 @@ from tests.integration.cluster import STANDIN_DIR, standin_env
 from workers.block.lvm import Lvm
 from workers.block.qemu_img import QemuImg
 from workers.drivers.base import DiskOp, Driver
+from workers.drivers.null import NullDriver
 from workers.drivers.qemu import QemuDriver
 from workers.drivers.xl import XlDriver
 from workers.hostio.runner import SubprocessRunner
@@ -90,6 +94,22 @@ class QemuToolstack(Toolstack):
             self.qemu.destroy(info.uuid)
 
 
+class NullToolstack(Toolstack):
+    vdev_prefix = "xvd"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.null = NullDriver(root / "state", SubprocessRunner())
+        self.driver = self.null
+
+    def create(self, cfg: Path) -> None:
+        self.null.define(load_domain_config(str(cfg)), state="running")
+
+    def cleanup(self) -> None:
+        for info in self.null.list_domains():
+            self.null.destroy(info.uuid)
+
+
 class XlToolstack(Toolstack):
     vdev_prefix = "xvd"
 
@@ -113,7 +133,7 @@ class XlToolstack(Toolstack):
             self.driver.destroy(info.uuid)
 
 
-@pytest.fixture(scope="module", params=["qemu", "xl"])
+@pytest.fixture(scope="module", params=["qemu", "xl", "null"])
 def ts(request: pytest.FixtureRequest) -> Iterator[Toolstack]:
     root = Path(tempfile.mkdtemp(prefix="dc", dir="/tmp"))  # short: unix socket paths
     with pytest.MonkeyPatch.context() as mp:
@@ -122,6 +142,8 @@ def ts(request: pytest.FixtureRequest) -> Iterator[Toolstack]:
             stack = XlToolstack(root)
             for key, value in stack.env.items():  # the stand-in reads them from xl's env
                 mp.setenv(key, value)
+        elif request.param == "null":
+            stack = NullToolstack(root)
         else:
             stack = QemuToolstack(root)
         try:

@@ -245,6 +245,30 @@ def test_driver_is_xl_where_xl_is_on_path(env: pytest.MonkeyPatch, tmp_path: Pat
     assert Settings().driver == "qemu"
 
 
+def test_null_driver_only_when_asked_for_and_it_warns(
+        env: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The null driver (benchmarks only) is never auto-detected: with no xl on PATH the
+    default is qemu; asked for by name it is built, with a warning in the log."""
+    from workers.host import make_driver
+    from workers.hostio.runner import SubprocessRunner
+
+    env.setenv("PATH", "/usr/bin:/bin")
+    env.setenv("DOMSNAP_XL_BINARY", "no-such-xl")
+    assert Settings().driver == "qemu"
+    env.setenv("DOMSNAP_DRIVER", "null")
+    s = Settings(state_dir=tmp_path)
+    assert s.driver == "null"
+    runner = SubprocessRunner()
+    from workers.block.lvm import Lvm
+    from workers.block.qemu_img import QemuImg
+
+    with caplog.at_level("WARNING"):
+        drv = make_driver(s, runner, img=QemuImg(runner), lvm=Lvm(runner))
+    assert drv.name == "null" and drv.list_domains() == []
+    assert any("driver 'null' selected" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+
+
 def test_pause_budget_is_sized_from_memory_never_below_the_minimum(
         env: pytest.MonkeyPatch) -> None:
     s = Settings()

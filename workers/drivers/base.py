@@ -54,6 +54,7 @@ class LiveResult:
     memory_save_ms: float | None = None
     memory_bytes: int | None = None
     disks_ms: float = 0.0  # the one atomic transaction that took every disk
+    fsync_ms: float | None = None  # syncing the memory image (after the guest resumed)
     domain_state: str = "running"
     # how the memory was saved (xl: "live" through xl migrate, or "save": xl save -p)
     memory_strategy: str | None = None

@@ -322,7 +322,9 @@ class QemuDriver(Driver):
             if not was_running:
                 q.execute("stop")
             result.memory_save_ms = round((time.monotonic() - t0) * 1000, 3)
+            t1 = time.monotonic()
             fsync_path(memory_file)  # QEMU does not sync what it wrote
+            result.fsync_ms = round((time.monotonic() - t1) * 1000, 3)
             result.memory_bytes = memory_file.stat().st_size
         except BaseException:
             self._abort_migration(q)

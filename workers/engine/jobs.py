@@ -34,10 +34,11 @@ AnyRequest = CreateRequest | RevertRequest | DeleteRequest
 Progress = Callable[[str, str], None]
 
 
-def progress_for(host: Host, job_id: str) -> Progress:
+def progress_for(host: Host, job_id: str, *, data: dict[str, Any] | None = None) -> Progress:
+    """The job's progress callback; ``data`` goes with each event it adds."""
     def emit(step: str, message: str) -> None:
         try:
-            host.store.add_event(job_id, step, message)
+            host.store.add_event(job_id, step, message, data)
         except DomsnapError:
             pass  # progress is best effort; the job record is not
 
@@ -45,11 +46,18 @@ def progress_for(host: Host, job_id: str) -> Progress:
 
 
 def ensure_job(host: Host, req: AnyRequest) -> JobRecord:
-    """The job record; created here when a control plane enqueued the message directly."""
+    """The job record; created here when a control plane enqueued the message directly.
+
+    Read first: the client writes the job before it enqueues, so one GET is the common
+    case (a SET NX that fails, then the GET, was two round trips; bench/fleet.py)."""
     job = JobRecord.queued(req, time.time())
     dup = duplicate_submission(host.store, req, job)
     if dup is not None:
         return dup  # it repeats an earlier request's request_id: that job is the answer
+    try:
+        return host.store.get_job(req.job_id)
+    except UnknownJob:
+        pass  # enqueued without the client: create it (NX: a racing writer wins)
     if host.store.create_job(job):
         return job
     return host.store.get_job(req.job_id)
