@@ -17,6 +17,13 @@
 # prints "DOMSNAP-NODISK" once and ticks with disk=-1. The tick period is
 # taken from the kernel command line "domsnap.tick=<seconds>" (default 1).
 #
+# For the benchmarks (bench/libvirt.py), two more options, both off by default:
+# "domsnap.ticker=<seconds>" starts a second loop that prints "DOMSNAP-T <n>" at that
+# period (no disk I/O, so its lines reach the host's console file at a steady rate:
+# the largest gap between their arrivals shows how long the guest was stopped), and
+# "domsnap.dirty=<MiB>" starts a loop that rewrites a file of that size in the
+# guest's RAM (its rootfs) over and over, so the guest keeps dirtying memory.
+#
 # Idempotent: when OUTDIR already holds both outputs, newer than this script
 # and built from the same kernel version, it exits at once.
 set -euo pipefail
@@ -197,8 +204,20 @@ tick=1
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         domsnap.tick=*) tick="${arg#domsnap.tick=}" ;;
+        domsnap.ticker=*) ticker="${arg#domsnap.ticker=}" ;;
+        domsnap.dirty=*) dirty="${arg#domsnap.dirty=}" ;;
     esac
 done
+
+# Benchmark helpers (off unless asked for on the command line).
+if [ -n "${ticker-}" ]; then
+    ( t=0; while :; do t=$((t + 1)); echo "DOMSNAP-T $t"; sleep "$ticker"; done ) &
+fi
+if [ -n "${dirty-}" ]; then
+    ( while :; do
+          dd if=/dev/zero of=/tmp/dirty bs=1M count="$dirty" conv=notrunc 2>/dev/null
+      done ) &
+fi
 
 # virtio-blk probing is synchronous, but give the device node a moment to
 # appear when a virtio block device (virtio device id 2) is present.

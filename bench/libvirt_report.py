@@ -1,0 +1,132 @@
+"""Tables of bench/libvirt.py: per configuration min / median / max of each mode, the
+ratios domsnap/libvirt against issue 11's targets, where domsnap's wall time goes, and
+the medians of earlier full runs (``bench/results/libvirt.jsonl``) as history."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.report import write_section
+
+REPO = Path(__file__).resolve().parents[1]
+HISTORY = REPO / "bench" / "results" / "libvirt.jsonl"
+HEADING = "Pause and wall time against libvirt"
+TITLES = {"lv-int": "libvirt internal (`snapshot-create-as`)",
+          "lv-ext": "libvirt external (`--memspec --diskspec --live`)",
+          "ds-int-cli": "domsnap internal, CLI", "ds-int-py": "domsnap internal, client",
+          "ds-ext-cli": "domsnap external, CLI", "ds-ext-py": "domsnap external, client"}
+# (what, domsnap modes, libvirt mode, metric, target ratio)
+TARGETS = [
+    ("pause <= 0.25x libvirt internal", ("ds-int-cli", "ds-int-py", "ds-ext-cli", "ds-ext-py"),
+     "lv-int", "gap", 0.25),
+    ("pause <= 0.5x libvirt --live", ("ds-int-cli", "ds-int-py", "ds-ext-cli", "ds-ext-py"),
+     "lv-ext", "gap", 0.5),
+    ("wall, CLI internal <= 1.0x", ("ds-int-cli",), "lv-int", "wall", 1.0),
+    ("wall, CLI external <= 1.0x", ("ds-ext-cli",), "lv-ext", "wall", 1.0),
+    ("wall, client internal <= 0.7x", ("ds-int-py",), "lv-int", "wall", 0.7),
+    ("wall, client external <= 0.7x", ("ds-ext-py",), "lv-ext", "wall", 0.7),
+]
+
+
+def git_rev() -> str:
+    proc = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "unknown"
+
+
+def history() -> list[dict[str, Any]]:
+    """Earlier full runs, oldest first."""
+    if not HISTORY.exists():
+        return []
+    return [json.loads(line) for line in HISTORY.read_text().splitlines() if line.strip()]
+
+
+def _mmm(v: list[float]) -> str:
+    return " / ".join(f"{x:.0f}" for x in v)
+
+
+def target_rows(modes: dict[str, Any]) -> list[tuple[str, list[float] | None]]:
+    rows: list[tuple[str, list[float] | None]] = []
+    for what, dss, lv, metric, _ in TARGETS:
+        present = [modes[m][metric] for m in dss if m in modes]
+        if lv not in modes or not present:
+            rows.append((what, None))
+            continue
+        rows.append((what, [max(d[i] for d in present) / modes[lv][metric][i]
+                            for i in range(3)]))
+    return rows
+
+
+def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
+    res = run["results"]
+    cmd = "python -m bench.libvirt" + (" --quick" if run["quick"] else f" --runs {run['runs']}")
+    lines = [
+        f"Measured {run['started']} (commit {run['commit']}) with `{cmd}` on {run['machine']}; "
+        "TCG (no usable KVM here), QEMU 7.2, libvirt 9.0. This machine is shared with other "
+        "test runs and a nested Xen lab, so the figures are noisy: read the medians and the "
+        "ratios, which come from the same run with the tools interleaved round by round.",
+        "",
+        "Both tools snapshot the same guest (the test kernel and initramfs, one vCPU, q35, "
+        "two 64 MiB virtio-blk qcow2 disks, serial console to a file; only the guest being "
+        "snapshotted runs): memory + both disks, live. *gap*: the guest-visible pause, the "
+        "largest gap between arrivals of the guest ticker's lines (every 10 ms) on the host "
+        "around the command, so it includes up to one ticker period (*period*: the median "
+        "gap before the command). *STOP-RESUME*: QEMU's event timestamps (libvirt's through "
+        "`virsh qemu-monitor-event --loop --timestamp`, domsnap's as its job recorded them). "
+        "*wall*: the command (virsh; `python -m domsnap snapshot-create`, a new process; "
+        "`Client.create` + `Client.wait` in a running program). Figures in ms, "
+        "min / median / max.",
+    ]
+    for tag, r in res.items():
+        load = " / ".join(f"{x:.1f}" for x in r["load"])
+        lines += ["", f"**{r['memory']} MiB, {r['workload']}** "
+                  f"({'dirtying 100 MiB in a loop' if r['workload'] == 'dirty' else 'idle but for the ticker'}; "
+                  f"load {load} at the end; {r['seconds']:.0f} s)", "",
+                  "| mode | runs | gap (ms) | STOP-RESUME (ms) | wall (ms) | period (ms) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for mode, m in r["modes"].items():
+            lines.append(f"| {TITLES[mode]} | {m['n']} | {_mmm(m['gap'])} | {_mmm(m['pause'])} "
+                         f"| {_mmm(m['wall'])} | {m['period']:.0f} |")
+    if not run["quick"]:
+        lines += ["", "Ratios domsnap/libvirt (the worst domsnap mode of the row, per "
+                  "percentile: min / median / max):", "",
+                  "| target | " + " | ".join(res) + " |",
+                  "| --- |" + " --- |" * len(res)]
+        for i, (what, *_rest) in enumerate(TARGETS):
+            cells = []
+            for r in res.values():
+                row = target_rows(r["modes"])[i][1]
+                limit = TARGETS[i][4]
+                cells.append("n/a" if row is None else
+                             " / ".join(f"{x:.2f}" for x in row)
+                             + (" ok" if max(row) <= limit else " **no**"))
+            lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    lines += ["", "Where domsnap's wall time goes (medians, ms; `queue+admission`: submitted "
+              "-> the worker started the job, `run`: started -> finished, `notice`: "
+              "finished -> the caller returned; `@step`: when each progress step began, "
+              "from submission):", ""]
+    for tag, r in res.items():
+        for mode, m in r["modes"].items():
+            if m["hops"]:
+                hops = ", ".join(f"{k} {v:.0f}" for k, v in sorted(m["hops"].items(), key=lambda kv: kv[1]))
+                lines.append(f"- {tag}, {TITLES[mode]}: {hops}")
+    if past:
+        lines += ["", "History (earlier full runs; medians of gap and wall, ms):", "",
+                  "| run | commit | config | mode | gap | wall |", "| --- | --- | --- | --- | --- | --- |"]
+        for p in past:
+            for tag, r in p["results"].items():
+                for mode, m in r["modes"].items():
+                    lines.append(f"| {p['started']} | {p['commit']} | {tag} | {TITLES[mode]} "
+                                 f"| {m['gap'][1]:.0f} | {m['wall'][1]:.0f} |")
+    return lines
+
+
+def save(run: dict[str, Any], lines: list[str], doc: Path) -> None:
+    """Write the section, then remember the run for the next one's history."""
+    write_section(doc, HEADING, lines)
+    HISTORY.parent.mkdir(parents=True, exist_ok=True)
+    with HISTORY.open("a") as fh:
+        fh.write(json.dumps(run) + "\n")
