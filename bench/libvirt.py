@@ -14,6 +14,9 @@ command line, one vCPU, q35, two virtio-blk qcow2 disks, the serial console to a
 no graphics. The guest runs a ticker (``domsnap.ticker=0.01``: a console line every
 10 ms) and, for the ``dirty`` workload, rewrites 100 MiB of its RAM in a loop
 (``domsnap.dirty=100``). Only the guest being snapshotted runs; the other is paused.
+On a shared machine both tools' processes (this one and its children: the worker, the
+CLI, domsnap's QEMU; libvirtd, virtlogd and libvirt's QEMU) run at ``--nice`` (default
+-10, as root) so that the other load starves them alike and less.
 
 Modes, interleaved round by round (the order rotates and the tool that goes first
 alternates): libvirt internal (``snapshot-create-as``: savevm into the first qcow2),
@@ -94,6 +97,33 @@ class Guest:
     def stop_watching(self) -> None:
         self.watcher.terminate()
         self.watcher.wait(timeout=10)
+
+
+def renice(pid: int, nice: int) -> None:
+    """Set the nice value of every thread of ``pid`` (Linux nice is per thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def prioritise(nice: int) -> None:
+    """Give this process (and so the worker, the CLI, the watchers and domsnap's QEMU,
+    its children), libvirtd and virtlogd the same raised priority over the rest of the
+    shared machine, so that both tools' guests and command paths are starved alike."""
+    if nice == 0 or os.geteuid() != 0:
+        return
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    for pidfile in ("/run/libvirtd.pid", "/run/virtlogd.pid"):
+        try:
+            renice(int(Path(pidfile).read_text().strip()), nice)
+        except (FileNotFoundError, ValueError):
+            pass
+
+
+def libvirt_qemu_pid(name: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
 
 
 def start_watcher(console: Path, out: Path) -> subprocess.Popen[bytes]:
@@ -211,6 +241,7 @@ def run_config(cluster: Cluster, host: str, base: Path, memory: int, workload: s
             lv.create(domain_xml(lv.name, memory_mib=memory, kernel=kernel, initrd=initrd,
                                  cmdline=guest_cmdline(1.0, append), disks=disks,
                                  console=console), work / "lv.xml")
+            renice(libvirt_qemu_pid(lv.name), os.getpriority(os.PRIO_PROCESS, 0))
         for g in guests.values():
             wait_ticking(g)
         client = cluster.client()
@@ -259,6 +290,11 @@ def main() -> None:
                     help="domsnap only (no libvirt), one 256 MiB idle guest, one run")
     ap.add_argument("--no-write", action="store_true", help="leave docs/benchmarks.md alone")
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    ap.add_argument("--partial", default="/var/tmp/domsnap-bench-libvirt.json",
+                    help="where each configuration's results are written as it ends")
+    ap.add_argument("--nice", type=int, default=-10,
+                    help="nice value for both tools' processes and guests (root only; 0: "
+                         "leave as is)")
     args = ap.parse_args()
     if args.quick:
         args.runs, args.memory, args.workload = 1, "256", "idle"
@@ -266,6 +302,7 @@ def main() -> None:
     if with_libvirt and not available():
         raise SystemExit("libvirtd does not answer on qemu:///system: run "
                          "bash scripts/setup-libvirt.sh (or use --quick)")
+    prioritise(args.nice)
     where = machine()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results: dict[str, dict[str, Any]] = {}
@@ -282,13 +319,16 @@ def main() -> None:
                     results[f"{memory}-{workload}"] = {
                         "memory": memory, "workload": workload,
                         "load": list(os.getloadavg()), "seconds": time.monotonic() - t,
-                        "modes": {m: summarize(s) for m, s in samples.items()}}
+                        "modes": {m: summarize(s) for m, s in samples.items()},
+                        "samples": {m: [vars(x) for x in s] for m, s in samples.items()}}
+                    Path(args.partial).write_text(json.dumps(results))  # survives a crash
         finally:
             for name in list(cluster.hosts):
                 cluster.stop_worker(name)
             cluster.destroy_all()
             cluster.cleanup_redis()
     run = {"started": started, "machine": where, "runs": args.runs, "quick": args.quick,
+           "nice": args.nice if os.geteuid() == 0 else 0,
            "commit": libvirt_report.git_rev(), "results": results}
     lines = libvirt_report.render(run, libvirt_report.history())
     print("\n".join(lines))

@@ -67,7 +67,8 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
         f"Measured {run['started']} (commit {run['commit']}) with `{cmd}` on {run['machine']}; "
         "TCG (no usable KVM here), QEMU 7.2, libvirt 9.0. This machine is shared with other "
         "test runs and a nested Xen lab, so the figures are noisy: read the medians and the "
-        "ratios, which come from the same run with the tools interleaved round by round.",
+        "ratios, which come from the same run with the tools interleaved round by round. "
+        f"Both tools' processes and guests ran at nice {run.get('nice', 0)}.",
         "",
         "Both tools snapshot the same guest (the test kernel and initramfs, one vCPU, q35, "
         "two 64 MiB virtio-blk qcow2 disks, serial console to a file; only the guest being "
@@ -80,10 +81,11 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
         "`Client.create` + `Client.wait` in a running program). Figures in ms, "
         "min / median / max.",
     ]
-    for tag, r in res.items():
+    for r in res.values():
         load = " / ".join(f"{x:.1f}" for x in r["load"])
-        lines += ["", f"**{r['memory']} MiB, {r['workload']}** "
-                  f"({'dirtying 100 MiB in a loop' if r['workload'] == 'dirty' else 'idle but for the ticker'}; "
+        what = ("dirtying 100 MiB in a loop" if r["workload"] == "dirty"
+                else "idle but for the ticker")
+        lines += ["", f"**{r['memory']} MiB, {r['workload']}** ({what}; "
                   f"load {load} at the end; {r['seconds']:.0f} s)", "",
                   "| mode | runs | gap (ms) | STOP-RESUME (ms) | wall (ms) | period (ms) |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -111,11 +113,13 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
     for tag, r in res.items():
         for mode, m in r["modes"].items():
             if m["hops"]:
-                hops = ", ".join(f"{k} {v:.0f}" for k, v in sorted(m["hops"].items(), key=lambda kv: kv[1]))
+                ordered = sorted(m["hops"].items(), key=lambda kv: kv[1])
+                hops = ", ".join(f"{k} {v:.0f}" for k, v in ordered)
                 lines.append(f"- {tag}, {TITLES[mode]}: {hops}")
     if past:
         lines += ["", "History (earlier full runs; medians of gap and wall, ms):", "",
-                  "| run | commit | config | mode | gap | wall |", "| --- | --- | --- | --- | --- | --- |"]
+                  "| run | commit | config | mode | gap | wall |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for p in past:
             for tag, r in p["results"].items():
                 for mode, m in r["modes"].items():

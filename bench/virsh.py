@@ -56,6 +56,7 @@ def domain_xml(name: str, *, memory_mib: int, kernel: Path, initrd: Path, cmdlin
         f"<os><type arch='x86_64' machine='q35'>hvm</type>"
         f"<kernel>{escape(str(kernel))}</kernel><initrd>{escape(str(initrd))}</initrd>"
         f"<cmdline>{escape(cmdline)}</cmdline></os>"
+        f"<features><acpi/><apic/></features><clock offset='utc'/>"
         f"<on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot>"
         f"<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>{disk_xml}"
         f"<serial type='file'><source path={quoteattr(str(console))}/>"

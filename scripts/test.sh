@@ -49,7 +49,8 @@ run_suite vm .venv/bin/pytest -q -p no:cacheprovider tests/vm
 # issue 11: the benchmarks' quick mode, so their code cannot rot (no timing is checked;
 # --no-write leaves docs/benchmarks.md alone)
 run_suite bench bash -c '.venv/bin/python -m bench.metadata --quick --no-write >/dev/null \
-    && .venv/bin/python -m bench.startup --quick --no-write >/dev/null'
+    && .venv/bin/python -m bench.startup --quick --no-write >/dev/null \
+    && .venv/bin/python -m bench.libvirt --quick --no-write >/dev/null'
 
 echo
 echo "===== suite times ====="
