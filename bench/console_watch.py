@@ -53,9 +53,10 @@ def read_arrivals(out: Path) -> list[float]:
 
 
 def largest_gap(arrivals: list[float], start: float, end: float) -> tuple[float, float]:
-    """(largest gap between consecutive arrivals around [start, end], median gap in the
-    two seconds before ``start``), both in ms. A gap counts when it overlaps the window:
-    the last line before the command and the first after it bound the pause."""
+    """(largest gap between consecutive arrivals that overlaps [start, end], median gap
+    in the two seconds before ``start``), both in ms. The last line before the window
+    and the first after it bound the gap: over a pause's [STOP, RESUME] that is the
+    guest-visible pause; over a whole command, the longest the guest showed nothing."""
     pairs = list(zip(arrivals, arrivals[1:], strict=False))
     around = [b - a for a, b in pairs if b >= start and a <= end]
     before = sorted(b - a for a, b in pairs if start - 2 <= a and b < start)

@@ -27,8 +27,10 @@ CLI (``python -m domsnap snapshot-create``, a new process) and from the Python c
 
 - guest-visible pause: the largest gap between the arrivals of the ticker's lines on
   the host (``bench.console_watch``, a separate process polling the console file every
-  0.5 ms) around the command. Under TCG the guest's clock stops with the VM, so only
-  the host side shows the pause. The gap includes up to one ticker period (reported);
+  0.5 ms) around the stop, i.e. overlapping QEMU's [STOP, RESUME]. Under TCG the
+  guest's clock stops with the VM, so only the host side shows the pause. The gap
+  includes up to one ticker period (reported). Also the longest gap over the whole
+  command (during a live memory copy under TCG the guest runs, but slowly);
 - host-side STOP -> RESUME from QEMU's event timestamps: libvirt's through ``virsh
   qemu-monitor-event --loop --timestamp``, domsnap's as its job recorded them;
 - wall time of the command (virsh, the domsnap CLI, the client call).
@@ -77,7 +79,8 @@ AFTER_S = 0.6    # and this long after, so the first line after the pause has ar
 @dataclass
 class Sample:
     wall_ms: float
-    gap_ms: float
+    gap_ms: float       # guest-visible pause: the largest gap over [STOP, RESUME]
+    longest_ms: float   # the largest gap over the whole command
     period_ms: float
     pause_ms: float
     hops: dict[str, float] = field(default_factory=dict)
@@ -194,17 +197,29 @@ def snapshot_once(mode: str, g: Guest, snap: str, client: Client, lv_dir: Path) 
                 raise RuntimeError(f"domsnap create {snap}: {job.error}")
     t1, w1 = time.monotonic(), time.time()
     time.sleep(AFTER_S)
-    gap, period = largest_gap(read_arrivals(g.arrivals), t0, t1)
+    offset = w0 - t0  # epoch - monotonic: QEMU stamps its events with the epoch
     if g.lv is not None:
-        pause = g.lv.pause_ms(w0, w1)
+        stop, resume = g.lv.pause_window(w0, w1)
         hops: dict[str, float] = {}
     else:
-        assert g.ds is not None
-        rec = client.snapshot(g.ds.name, snap)
-        pause = float(rec.pause_ms or "nan")
-        hops = domsnap_hops(client, job_id, w1) if job_id else {}
-    return Sample(wall_ms=(t1 - t0) * 1000, gap_ms=gap, period_ms=period, pause_ms=pause,
-                  hops=hops)
+        assert g.ds is not None and job_id is not None
+        stop, resume = domsnap_window(client, job_id)
+        hops = domsnap_hops(client, job_id, w1)
+    arrivals = read_arrivals(g.arrivals)
+    longest, period = largest_gap(arrivals, t0, t1)
+    gap, _ = largest_gap(arrivals, stop - offset, resume - offset)
+    return Sample(wall_ms=(t1 - t0) * 1000, gap_ms=gap, longest_ms=longest,
+                  period_ms=period, pause_ms=(resume - stop) * 1000, hops=hops)
+
+
+def domsnap_window(client: Client, job_id: str) -> tuple[float, float]:
+    """(STOP, RESUME) epoch seconds of a domsnap create: QEMU's event stamps, which the
+    job's ``resumed`` event carries."""
+    job = client.store.get_job(job_id, follow=True)
+    for ev in client.store.events(job.job_id, 0):
+        if ev.step == "resumed" and "stopped_at" in ev.data:
+            return float(ev.data["stopped_at"]), float(ev.data["resumed_at"])
+    raise RuntimeError(f"job {job_id} has no resumed event with the pause's times")
 
 
 def round_order(i: int, with_libvirt: bool) -> list[str]:
@@ -256,7 +271,8 @@ def run_config(cluster: Cluster, host: str, base: Path, memory: int, workload: s
                 s = snapshot_once(mode, guests[me], f"r{i}-{mode}", client, work)
                 out.setdefault(mode, []).append(s)
                 print(f"{tag} run {i} {mode}: wall {s.wall_ms:.0f} ms, gap {s.gap_ms:.0f} ms "
-                      f"(period {s.period_ms:.0f}), STOP-RESUME {s.pause_ms:.0f} ms, "
+                      f"(longest {s.longest_ms:.0f}, period {s.period_ms:.0f}), "
+                      f"STOP-RESUME {s.pause_ms:.0f} ms, "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
         return out
     finally:
@@ -275,6 +291,7 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
     return {"n": len(samples),
             "wall": mmm([s.wall_ms for s in samples]),
             "gap": mmm([s.gap_ms for s in samples]),
+            "longest": mmm([s.longest_ms for s in samples]),
             "pause": mmm([s.pause_ms for s in samples]),
             "period": statistics.median([s.period_ms for s in samples]),
             "hops": {k: statistics.median([s.hops[k] for s in samples if k in s.hops])
@@ -321,7 +338,8 @@ def main() -> None:
                         "load": list(os.getloadavg()), "seconds": time.monotonic() - t,
                         "modes": {m: summarize(s) for m, s in samples.items()},
                         "samples": {m: [vars(x) for x in s] for m, s in samples.items()}}
-                    Path(args.partial).write_text(json.dumps(results))  # survives a crash
+                    if not args.quick:  # survives a crash of a long run
+                        Path(args.partial).write_text(json.dumps(results))
         finally:
             for name in list(cluster.hosts):
                 cluster.stop_worker(name)

@@ -74,8 +74,10 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
         "two 64 MiB virtio-blk qcow2 disks, serial console to a file; only the guest being "
         "snapshotted runs): memory + both disks, live. *gap*: the guest-visible pause, the "
         "largest gap between arrivals of the guest ticker's lines (every 10 ms) on the host "
-        "around the command, so it includes up to one ticker period (*period*: the median "
-        "gap before the command). *STOP-RESUME*: QEMU's event timestamps (libvirt's through "
+        "around the stop (overlapping QEMU's STOP -> RESUME), so it includes up to one "
+        "ticker period (*period*: the median gap before the command); *longest*: the "
+        "largest gap over the whole command. *STOP-RESUME*: QEMU's event timestamps "
+        "(libvirt's through "
         "`virsh qemu-monitor-event --loop --timestamp`, domsnap's as its job recorded them). "
         "*wall*: the command (virsh; `python -m domsnap snapshot-create`, a new process; "
         "`Client.create` + `Client.wait` in a running program). Figures in ms, "
@@ -87,11 +89,13 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
                 else "idle but for the ticker")
         lines += ["", f"**{r['memory']} MiB, {r['workload']}** ({what}; "
                   f"load {load} at the end; {r['seconds']:.0f} s)", "",
-                  "| mode | runs | gap (ms) | STOP-RESUME (ms) | wall (ms) | period (ms) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| mode | runs | gap (ms) | STOP-RESUME (ms) | wall (ms) | longest (ms) "
+                  "| period (ms) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for mode, m in r["modes"].items():
             lines.append(f"| {TITLES[mode]} | {m['n']} | {_mmm(m['gap'])} | {_mmm(m['pause'])} "
-                         f"| {_mmm(m['wall'])} | {m['period']:.0f} |")
+                         f"| {_mmm(m['wall'])} | {_mmm(m.get('longest', [0, 0, 0]))} "
+                         f"| {m['period']:.0f} |")
     if not run["quick"]:
         lines += ["", "Ratios domsnap/libvirt (the worst domsnap mode of the row, per "
                   "percentile: min / median / max):", "",

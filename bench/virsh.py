@@ -112,15 +112,15 @@ class LibvirtDomain:
                 out.append((when.timestamp(), m.group(3)))
         return out
 
-    def pause_ms(self, start: float, end: float) -> float:
-        """STOP -> RESUME (ms, QEMU's timestamps) of the snapshot run in [start, end]
-        (epoch seconds). Waits a little for virsh to print the events."""
+    def pause_window(self, start: float, end: float) -> tuple[float, float]:
+        """(STOP, RESUME) epoch seconds (QEMU's timestamps) of the snapshot run in
+        [start, end] (epoch seconds). Waits a little for virsh to print the events."""
         for _ in range(50):
             evs = [(t, e) for t, e in self.events() if start - 0.5 <= t <= end + 0.5]
             stops = [t for t, e in evs if e == "STOP"]
             resumes = [t for t, e in evs if e == "RESUME"]
             if stops and resumes and resumes[-1] > stops[0]:
-                return (resumes[-1] - stops[0]) * 1000
+                return stops[0], resumes[-1]
             time.sleep(0.1)
         raise RuntimeError(f"no STOP/RESUME for {self.name} in [{start}, {end}]: "
                            f"{self.events()[-6:]}")

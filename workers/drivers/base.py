@@ -55,6 +55,10 @@ class LiveResult:
     memory_bytes: int | None = None
     disks_ms: float = 0.0  # the one atomic transaction that took every disk
     domain_state: str = "running"
+    # when the pause began and ended (epoch seconds, QEMU's STOP/RESUME event stamps),
+    # so that the pause can be placed next to what the guest showed (bench/libvirt.py)
+    stopped_at: float | None = None
+    resumed_at: float | None = None
 
 
 class Driver(abc.ABC):

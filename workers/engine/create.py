@@ -18,7 +18,7 @@ from typing import Any
 from domsnap.errors import DomsnapError, InvalidInput, OperationFailed, Refused, SnapshotExists
 from schemas.config import DomainConfig
 from schemas.models import CreateRequest, DiskChoice, DiskSnapshot, DomainInfo, SnapshotRecord
-from workers.drivers.base import DiskOp
+from workers.drivers.base import DiskOp, LiveResult
 from workers.engine import capacity, jobs
 from workers.engine.diskops import take_offline, undo_offline
 from workers.engine.formats import OVERLAY_BASES
@@ -109,6 +109,19 @@ def _ops(plan: dict[str, Any]) -> list[DiskOp]:
     return [DiskOp(**d) for d in plan["disks"]]
 
 
+def resumed(host: Host, job_id: str, live: LiveResult) -> None:
+    """The ``resumed`` progress event; its data places the pause in time (epoch seconds
+    of QEMU's STOP and RESUME, when the driver has them). Best effort, as every event."""
+    data = {k: v for k, v in (("pause_ms", live.pause_ms), ("stopped_at", live.stopped_at),
+                              ("resumed_at", live.resumed_at)) if v is not None}
+    try:
+        host.store.add_event(job_id, "resumed",
+                             f"domain back to {live.domain_state}; paused {live.pause_ms} ms",
+                             data=data)
+    except DomsnapError:
+        pass
+
+
 @guarded("capture")
 def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, Any]:
     """Memory + all disks of a running/paused domain in one driver call, then commit."""
@@ -125,7 +138,7 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
                                    progress=emit)
         captured = True
         host.files.clear_pausing(req.domain, req.job_id)
-        emit("resumed", f"domain back to {live.domain_state}; paused {live.pause_ms} ms")
+        resumed(host, req.job_id, live)
         jobs.check_cancel(host, req, "after the capture; its disk snapshots were removed")
         # all disks went in one atomic transaction: each took the transaction's time
         result = commit(host, req, plan, disk_ms={d.vdev: live.disks_ms for d in disks},
