@@ -1,6 +1,8 @@
 """Tables of bench/libvirt.py: per configuration min / median / max of each mode, the
 ratios domsnap/libvirt against issue 11's targets, where domsnap's wall time goes, and
-the medians of earlier full runs (``bench/results/libvirt.jsonl``) as history."""
+the medians of earlier full runs (``bench/results/libvirt.jsonl``) as history.
+
+``python -m bench.libvirt_report`` writes the section again from that file."""
 
 from __future__ import annotations
 
@@ -121,14 +123,18 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
                 hops = ", ".join(f"{k} {v:.0f}" for k, v in ordered)
                 lines.append(f"- {tag}, {TITLES[mode]}: {hops}")
     if past:
-        lines += ["", "History (earlier full runs; medians of gap and wall, ms):", "",
-                  "| run | commit | config | mode | gap | wall |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "History (earlier full runs, oldest first; medians, ms):", ""]
+        lines += [f"- {p['started']} (commit {p['commit']}, {p['runs']} runs): {p['note']}"
+                  for p in past if p.get("note")]
+        lines += ["", "| run | commit | config | mode | gap | longest | STOP-RESUME | wall |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in past:
             for tag, r in p["results"].items():
                 for mode, m in r["modes"].items():
+                    cells = [f"{m[k][1]:.0f}" if k in m else "-"
+                             for k in ("gap", "longest", "pause", "wall")]
                     lines.append(f"| {p['started']} | {p['commit']} | {tag} | {TITLES[mode]} "
-                                 f"| {m['gap'][1]:.0f} | {m['wall'][1]:.0f} |")
+                                 f"| {' | '.join(cells)} |")
     return lines
 
 
@@ -138,3 +144,16 @@ def save(run: dict[str, Any], lines: list[str], doc: Path) -> None:
     HISTORY.parent.mkdir(parents=True, exist_ok=True)
     with HISTORY.open("a") as fh:
         fh.write(json.dumps(run) + "\n")
+
+
+def rewrite(doc: Path) -> None:
+    """Render the section again from the history file: its last run as the current one,
+    the earlier ones as history (after editing the tables' layout, or a run's note)."""
+    runs = history()
+    if not runs:
+        raise SystemExit(f"{HISTORY} holds no run")
+    write_section(doc, HEADING, render(runs[-1], runs[:-1]))
+
+
+if __name__ == "__main__":
+    rewrite(REPO / "docs" / "benchmarks.md")
