@@ -67,6 +67,16 @@ def largest_gap(arrivals: list[float], start: float, end: float) -> tuple[float,
     return max(around) * 1000, period * 1000
 
 
+def dark_around(arrivals: list[float], start: float, end: float) -> tuple[float, float]:
+    """How long (ms) the guest showed nothing before ``start`` and after ``end``: from
+    the last arrival before the window to ``start``, and from ``end`` to the first
+    after it. Over [STOP, RESUME], they say on which side of the pause a long gap lies."""
+    before = [a for a in arrivals if a <= start]
+    after = [b for b in arrivals if b >= end]
+    return ((start - before[-1]) * 1000 if before else float("nan"),
+            (after[0] - end) * 1000 if after else float("nan"))
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit("usage: python -m bench.console_watch CONSOLE OUT")

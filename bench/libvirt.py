@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import libvirt_report
-from bench.console_watch import largest_gap, read_arrivals
+from bench.console_watch import dark_around, largest_gap, read_arrivals
 from bench.metadata import machine
 from bench.virsh import LibvirtDomain, available, domain_xml
 from domsnap.client import Client
@@ -83,6 +83,8 @@ class Sample:
     longest_ms: float   # the largest gap over the whole command
     period_ms: float
     pause_ms: float
+    dark_before_ms: float = 0.0  # of the gap: the part before STOP
+    dark_after_ms: float = 0.0   # and after RESUME
     hops: dict[str, float] = field(default_factory=dict)
 
 
@@ -208,8 +210,10 @@ def snapshot_once(mode: str, g: Guest, snap: str, client: Client, lv_dir: Path) 
     arrivals = read_arrivals(g.arrivals)
     longest, period = largest_gap(arrivals, t0, t1)
     gap, _ = largest_gap(arrivals, stop - offset, resume - offset)
+    before, after = dark_around(arrivals, stop - offset, resume - offset)
     return Sample(wall_ms=(t1 - t0) * 1000, gap_ms=gap, longest_ms=longest,
-                  period_ms=period, pause_ms=(resume - stop) * 1000, hops=hops)
+                  period_ms=period, pause_ms=(resume - stop) * 1000, hops=hops,
+                  dark_before_ms=before, dark_after_ms=after)
 
 
 def domsnap_window(client: Client, job_id: str) -> tuple[float, float]:
@@ -272,7 +276,8 @@ def run_config(cluster: Cluster, host: str, base: Path, memory: int, workload: s
                 out.setdefault(mode, []).append(s)
                 print(f"{tag} run {i} {mode}: wall {s.wall_ms:.0f} ms, gap {s.gap_ms:.0f} ms "
                       f"(longest {s.longest_ms:.0f}, period {s.period_ms:.0f}), "
-                      f"STOP-RESUME {s.pause_ms:.0f} ms, "
+                      f"STOP-RESUME {s.pause_ms:.0f} ms (dark {s.dark_before_ms:.0f} before, "
+                      f"{s.dark_after_ms:.0f} after), "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
         return out
     finally:
@@ -294,6 +299,8 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
             "longest": mmm([s.longest_ms for s in samples]),
             "pause": mmm([s.pause_ms for s in samples]),
             "period": statistics.median([s.period_ms for s in samples]),
+            "dark": [statistics.median([s.dark_before_ms for s in samples]),
+                     statistics.median([s.dark_after_ms for s in samples])],
             "hops": {k: statistics.median([s.hops[k] for s in samples if k in s.hops])
                      for k in hop_keys}}
 

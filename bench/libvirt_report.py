@@ -20,16 +20,16 @@ TITLES = {"lv-int": "libvirt internal (`snapshot-create-as`)",
           "lv-ext": "libvirt external (`--memspec --diskspec --live`)",
           "ds-int-cli": "domsnap internal, CLI", "ds-int-py": "domsnap internal, client",
           "ds-ext-cli": "domsnap external, CLI", "ds-ext-py": "domsnap external, client"}
-# (what, domsnap modes, libvirt mode, metric, target ratio)
+# (what, domsnap mode, libvirt mode, metric, target ratio)
 TARGETS = [
-    ("pause <= 0.25x libvirt internal", ("ds-int-cli", "ds-int-py", "ds-ext-cli", "ds-ext-py"),
-     "lv-int", "gap", 0.25),
-    ("pause <= 0.5x libvirt --live", ("ds-int-cli", "ds-int-py", "ds-ext-cli", "ds-ext-py"),
-     "lv-ext", "gap", 0.5),
-    ("wall, CLI internal <= 1.0x", ("ds-int-cli",), "lv-int", "wall", 1.0),
-    ("wall, CLI external <= 1.0x", ("ds-ext-cli",), "lv-ext", "wall", 1.0),
-    ("wall, client internal <= 0.7x", ("ds-int-py",), "lv-int", "wall", 0.7),
-    ("wall, client external <= 0.7x", ("ds-ext-py",), "lv-ext", "wall", 0.7),
+    *[(f"pause: {TITLES[m]} <= 0.25x libvirt internal", m, "lv-int", "gap", 0.25)
+      for m in ("ds-int-cli", "ds-int-py", "ds-ext-cli", "ds-ext-py")],
+    *[(f"pause: {TITLES[m]} <= 0.5x libvirt --live", m, "lv-ext", "gap", 0.5)
+      for m in ("ds-int-cli", "ds-int-py", "ds-ext-cli", "ds-ext-py")],
+    ("wall: CLI internal <= 1.0x libvirt internal", "ds-int-cli", "lv-int", "wall", 1.0),
+    ("wall: CLI external <= 1.0x libvirt --live", "ds-ext-cli", "lv-ext", "wall", 1.0),
+    ("wall: client internal <= 0.7x libvirt internal", "ds-int-py", "lv-int", "wall", 0.7),
+    ("wall: client external <= 0.7x libvirt --live", "ds-ext-py", "lv-ext", "wall", 0.7),
 ]
 
 
@@ -50,16 +50,11 @@ def _mmm(v: list[float]) -> str:
     return " / ".join(f"{x:.0f}" for x in v)
 
 
-def target_rows(modes: dict[str, Any]) -> list[tuple[str, list[float] | None]]:
-    rows: list[tuple[str, list[float] | None]] = []
-    for what, dss, lv, metric, _ in TARGETS:
-        present = [modes[m][metric] for m in dss if m in modes]
-        if lv not in modes or not present:
-            rows.append((what, None))
-            continue
-        rows.append((what, [max(d[i] for d in present) / modes[lv][metric][i]
-                            for i in range(3)]))
-    return rows
+def ratio(modes: dict[str, Any], ds: str, lv: str, metric: str) -> list[float] | None:
+    """domsnap/libvirt per percentile (min, median, max), or None if either is missing."""
+    if ds not in modes or lv not in modes:
+        return None
+    return [modes[ds][metric][i] / modes[lv][metric][i] for i in range(3)]
 
 
 def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
@@ -78,7 +73,8 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
         "largest gap between arrivals of the guest ticker's lines (every 10 ms) on the host "
         "around the stop (overlapping QEMU's STOP -> RESUME), so it includes up to one "
         "ticker period (*period*: the median gap before the command); *longest*: the "
-        "largest gap over the whole command. *STOP-RESUME*: QEMU's event timestamps "
+        "largest gap over the whole command; *dark before / after* (medians): how much "
+        "of the gap lay before STOP and after RESUME. *STOP-RESUME*: QEMU's event timestamps "
         "(libvirt's through "
         "`virsh qemu-monitor-event --loop --timestamp`, domsnap's as its job recorded them). "
         "*wall*: the command (virsh; `python -m domsnap snapshot-create`, a new process; "
@@ -92,22 +88,23 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
         lines += ["", f"**{r['memory']} MiB, {r['workload']}** ({what}; "
                   f"load {load} at the end; {r['seconds']:.0f} s)", "",
                   "| mode | runs | gap (ms) | STOP-RESUME (ms) | wall (ms) | longest (ms) "
-                  "| period (ms) |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| period (ms) | dark before / after |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for mode, m in r["modes"].items():
+            dark = " / ".join(f"{x:.0f}" for x in m["dark"]) if "dark" in m else "-"
             lines.append(f"| {TITLES[mode]} | {m['n']} | {_mmm(m['gap'])} | {_mmm(m['pause'])} "
                          f"| {_mmm(m['wall'])} | {_mmm(m.get('longest', [0, 0, 0]))} "
-                         f"| {m['period']:.0f} |")
+                         f"| {m['period']:.0f} | {dark} |")
     if not run["quick"]:
-        lines += ["", "Ratios domsnap/libvirt (the worst domsnap mode of the row, per "
-                  "percentile: min / median / max):", "",
+        lines += ["", "Ratios domsnap/libvirt per percentile (min / median / max of the "
+                  "one over the same of the other); *ok* when every percentile meets the "
+                  "target:", "",
                   "| target | " + " | ".join(res) + " |",
                   "| --- |" + " --- |" * len(res)]
-        for i, (what, *_rest) in enumerate(TARGETS):
+        for what, ds, lv, metric, limit in TARGETS:
             cells = []
             for r in res.values():
-                row = target_rows(r["modes"])[i][1]
-                limit = TARGETS[i][4]
+                row = ratio(r["modes"], ds, lv, metric)
                 cells.append("n/a" if row is None else
                              " / ".join(f"{x:.2f}" for x in row)
                              + (" ok" if max(row) <= limit else " **no**"))
@@ -119,8 +116,11 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
     for tag, r in res.items():
         for mode, m in r["modes"].items():
             if m["hops"]:
-                ordered = sorted(m["hops"].items(), key=lambda kv: kv[1])
-                hops = ", ".join(f"{k} {v:.0f}" for k, v in ordered)
+                spans = ", ".join(f"{k} {m['hops'][k]:.0f}"
+                                  for k in ("queue+admission", "run", "notice")
+                                  if k in m["hops"])
+                steps = sorted((v, k) for k, v in m["hops"].items() if k.startswith("@"))
+                hops = spans + "; steps at " + ", ".join(f"{k[1:]} {v:.0f}" for v, k in steps)
                 lines.append(f"- {tag}, {TITLES[mode]}: {hops}")
     if past:
         lines += ["", "History (earlier full runs, oldest first; medians, ms):", ""]
