@@ -207,6 +207,9 @@ def snapshot_once(mode: str, g: Guest, snap: str, client: Client, lv_dir: Path) 
         assert g.ds is not None and job_id is not None
         stop, resume = domsnap_window(client, job_id)
         hops = domsnap_hops(client, job_id, w1)
+        rec = client.snapshot(g.ds.name, snap)
+        if rec.memory_save_ms is not None:  # the live copy, without the fsync after it
+            hops["memory save"] = rec.memory_save_ms
     arrivals = read_arrivals(g.arrivals)
     longest, period = largest_gap(arrivals, t0, t1)
     gap, _ = largest_gap(arrivals, stop - offset, resume - offset)
@@ -307,9 +310,9 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--memory", default="512,2048", help="guest MiB, comma separated")
-    ap.add_argument("--workload", default="idle,dirty", help="idle and/or dirty")
+    ap.add_argument("--runs", type=int, help="rounds per configuration (5; --quick: 1)")
+    ap.add_argument("--memory", help="guest MiB, comma separated (512,2048; --quick: 256)")
+    ap.add_argument("--workload", help="idle and/or dirty (idle,dirty; --quick: idle)")
     ap.add_argument("--quick", action="store_true",
                     help="domsnap only (no libvirt), one 256 MiB idle guest, one run")
     ap.add_argument("--no-write", action="store_true", help="leave docs/benchmarks.md alone")
@@ -320,8 +323,10 @@ def main() -> None:
                     help="nice value for both tools' processes and guests (root only; 0: "
                          "leave as is)")
     args = ap.parse_args()
-    if args.quick:
-        args.runs, args.memory, args.workload = 1, "256", "idle"
+    defaults = (1, "256", "idle") if args.quick else (5, "512,2048", "idle,dirty")
+    args.runs = args.runs or defaults[0]
+    args.memory = args.memory or defaults[1]
+    args.workload = args.workload or defaults[2]
     with_libvirt = not args.quick
     if with_libvirt and not available():
         raise SystemExit("libvirtd does not answer on qemu:///system: run "
@@ -329,6 +334,7 @@ def main() -> None:
     prioritise(args.nice)
     where = machine()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    commit = libvirt_report.git_rev()  # the code that runs (uncommitted edits aside)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="dsbl-", dir="/var/tmp") as tmp:
         cluster = Cluster(Path(tmp), suffix=uuidlib.uuid4().hex[:6])
@@ -354,7 +360,7 @@ def main() -> None:
             cluster.cleanup_redis()
     run = {"started": started, "machine": where, "runs": args.runs, "quick": args.quick,
            "nice": args.nice if os.geteuid() == 0 else 0,
-           "commit": libvirt_report.git_rev(), "results": results}
+           "commit": commit, "results": results}
     lines = libvirt_report.render(run, libvirt_report.history())
     print("\n".join(lines))
     if not args.no_write and not args.quick:

@@ -111,19 +111,21 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {what} | " + " | ".join(cells) + " |")
     lines += ["", "Where domsnap's wall time goes (medians, ms; `queue+admission`: submitted "
               "-> the worker started the job, `run`: started -> finished, `notice`: "
-              "finished -> the caller returned; `@step`: when each progress step began, "
-              "from submission):", ""]
+              "finished -> the caller returned; `memory save`: the live copy of the memory "
+              "as the record has it, without the fsync that follows; `steps at`: when each "
+              "progress step began, from submission):", ""]
     for tag, r in res.items():
         for mode, m in r["modes"].items():
             if m["hops"]:
                 spans = ", ".join(f"{k} {m['hops'][k]:.0f}"
-                                  for k in ("queue+admission", "run", "notice")
+                                  for k in ("queue+admission", "run", "memory save",
+                                            "notice")
                                   if k in m["hops"])
                 steps = sorted((v, k) for k, v in m["hops"].items() if k.startswith("@"))
                 hops = spans + "; steps at " + ", ".join(f"{k[1:]} {v:.0f}" for v, k in steps)
                 lines.append(f"- {tag}, {TITLES[mode]}: {hops}")
     if past:
-        lines += ["", "History (earlier full runs, oldest first; medians, ms):", ""]
+        lines += ["", "History (the other runs, oldest first; medians, ms):", ""]
         lines += [f"- {p['started']} (commit {p['commit']}, {p['runs']} runs): {p['note']}"
                   for p in past if p.get("note")]
         lines += ["", "| run | commit | config | mode | gap | longest | STOP-RESUME | wall |",

@@ -22,7 +22,8 @@
 # period (no disk I/O, so its lines reach the host's console file at a steady rate:
 # the largest gap between their arrivals shows how long the guest was stopped), and
 # "domsnap.dirty=<MiB>" starts a loop that rewrites a file of that size in the
-# guest's RAM (its rootfs) over and over, so the guest keeps dirtying memory (it
+# guest's RAM (its rootfs) over and over at nice 19 (so the ticker still gets the
+# vCPU when it wakes), so the guest keeps dirtying memory (it
 # prints "DOMSNAP-DIRTY pass=<p>" after each of its first three passes).
 #
 # Idempotent: when OUTDIR already holds both outputs, newer than this script
@@ -216,7 +217,7 @@ if [ -n "${ticker-}" ]; then
 fi
 if [ -n "${dirty-}" ]; then
     ( p=0; while :; do
-          dd if=/dev/zero of=/tmp/dirty bs=1M count="$dirty" conv=notrunc 2>/dev/null
+          nice -n 19 dd if=/dev/zero of=/tmp/dirty bs=1M count="$dirty" conv=notrunc 2>/dev/null
           p=$((p + 1))
           [ "$p" -le 3 ] && echo "DOMSNAP-DIRTY pass=$p"
       done ) &
