@@ -216,11 +216,13 @@ if [ -n "${ticker-}" ]; then
     ( t=0; while :; do t=$((t + 1)); echo "DOMSNAP-T $t"; sleep "$ticker"; done ) &
 fi
 if [ -n "${dirty-}" ]; then
-    ( p=0; while :; do
-          nice -n 19 dd if=/dev/zero of=/tmp/dirty bs=1M count="$dirty" conv=notrunc 2>/dev/null
+    # a shell of its own, so that renice lowers only it (and its dd) to nice 19
+    # (busybox has no nice applet)
+    sh -c 'renice -n 19 -p $$ >/dev/null 2>&1; p=0; while :; do
+          dd if=/dev/zero of=/tmp/dirty bs=1M count="$1" conv=notrunc 2>/dev/null
           p=$((p + 1))
           [ "$p" -le 3 ] && echo "DOMSNAP-DIRTY pass=$p"
-      done ) &
+      done' dirty "$dirty" &
 fi
 
 # virtio-blk probing is synchronous, but give the device node a moment to
