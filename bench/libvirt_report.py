@@ -149,12 +149,15 @@ def save(run: dict[str, Any], lines: list[str], doc: Path) -> None:
 
 
 def rewrite(doc: Path) -> None:
-    """Render the section again from the history file: its last run as the current one,
-    the earlier ones as history (after editing the tables' layout, or a run's note)."""
+    """Render the section again from the history file: its last full run as the current
+    one, every other run as history (after editing the tables' layout, or a note)."""
     runs = history()
-    if not runs:
-        raise SystemExit(f"{HISTORY} holds no run")
-    write_section(doc, HEADING, render(runs[-1], runs[:-1]))
+    full = [i for i, r in enumerate(runs) if not r.get("partial")]
+    if not full:
+        raise SystemExit(f"{HISTORY} holds no full run")
+    current = full[-1]  # a partial run (some configurations) stays in the history
+    write_section(doc, HEADING,
+                  render(runs[current], [r for i, r in enumerate(runs) if i != current]))
 
 
 if __name__ == "__main__":
