@@ -128,15 +128,17 @@ def render(run: dict[str, Any], past: list[dict[str, Any]]) -> list[str]:
         lines += ["", "History (the other runs, oldest first; medians, ms):", ""]
         lines += [f"- {p['started']} (commit {p['commit']}, {p['runs']} runs): {p['note']}"
                   for p in past if p.get("note")]
-        lines += ["", "| run | commit | config | mode | gap | longest | STOP-RESUME | wall |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| run | commit | config | mode | gap | longest | STOP-RESUME | wall "
+                  "| dark before / after |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in past:
             for tag, r in p["results"].items():
                 for mode, m in r["modes"].items():
                     cells = [f"{m[k][1]:.0f}" if k in m else "-"
                              for k in ("gap", "longest", "pause", "wall")]
+                    dark = " / ".join(f"{x:.0f}" for x in m["dark"]) if "dark" in m else "-"
                     lines.append(f"| {p['started']} | {p['commit']} | {tag} | {TITLES[mode]} "
-                                 f"| {' | '.join(cells)} |")
+                                 f"| {' | '.join(cells)} | {dark} |")
     return lines
 
 
