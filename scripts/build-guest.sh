@@ -17,6 +17,15 @@
 # prints "DOMSNAP-NODISK" once and ticks with disk=-1. The tick period is
 # taken from the kernel command line "domsnap.tick=<seconds>" (default 1).
 #
+# For the benchmarks (bench/libvirt.py), two more options, both off by default:
+# "domsnap.ticker=<seconds>" starts a second loop that prints "DOMSNAP-T <n>" at that
+# period (no disk I/O, so its lines reach the host's console file at a steady rate:
+# the largest gap between their arrivals shows how long the guest was stopped), and
+# "domsnap.dirty=<MiB>" starts a loop that rewrites a file of that size in the
+# guest's RAM (its rootfs) over and over at nice 19 (so the ticker still gets the
+# vCPU when it wakes), so the guest keeps dirtying memory (it
+# prints "DOMSNAP-DIRTY pass=<p>" after each of its first three passes).
+#
 # Idempotent: when OUTDIR already holds both outputs, newer than this script
 # and built from the same kernel version, it exits at once.
 set -euo pipefail
@@ -197,8 +206,24 @@ tick=1
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         domsnap.tick=*) tick="${arg#domsnap.tick=}" ;;
+        domsnap.ticker=*) ticker="${arg#domsnap.ticker=}" ;;
+        domsnap.dirty=*) dirty="${arg#domsnap.dirty=}" ;;
     esac
 done
+
+# Benchmark helpers (off unless asked for on the command line).
+if [ -n "${ticker-}" ]; then
+    ( t=0; while :; do t=$((t + 1)); echo "DOMSNAP-T $t"; sleep "$ticker"; done ) &
+fi
+if [ -n "${dirty-}" ]; then
+    # a shell of its own, so that renice lowers only it (and its dd) to nice 19
+    # (busybox has no nice applet)
+    sh -c 'renice -n 19 -p $$ >/dev/null 2>&1; p=0; while :; do
+          dd if=/dev/zero of=/tmp/dirty bs=1M count="$1" conv=notrunc 2>/dev/null
+          p=$((p + 1))
+          [ "$p" -le 3 ] && echo "DOMSNAP-DIRTY pass=$p"
+      done' dirty "$dirty" &
+fi
 
 # virtio-blk probing is synchronous, but give the device node a moment to
 # appear when a virtio block device (virtio device id 2) is present.

@@ -54,7 +54,8 @@ run_suite bench bash -c '.venv/bin/python -m bench.metadata --quick --no-write >
     && .venv/bin/python -m bench.hops --quick --no-write >/dev/null \
     && .venv/bin/python -m bench.disks --quick --no-write >/dev/null \
     && .venv/bin/python -m bench.memory_dd --quick --no-write >/dev/null \
-    && .venv/bin/python -m bench.plots --no-write >/dev/null'
+    && .venv/bin/python -m bench.plots --no-write >/dev/null \
+    && .venv/bin/python -m bench.libvirt --quick --no-write >/dev/null'
 
 echo
 echo "===== suite times ====="

@@ -323,7 +323,7 @@ class Cluster:
 
     def create_domain(self, host: str, name: str, *, disks: int = 2, guest: bool = True,
                       raw_disk: bool = False, memory: int = 128, start: bool = True,
-                      tick: float = 1.0, extra_cfg: list[str] | None = None,
+                      tick: float = 1.0, append: str = "", extra_cfg: list[str] | None = None,
                       disk_files: list[tuple[Path, str]] | None = None) -> Domain:
         h = self.host(host)
         if h.driver != "qemu":  # names are fleet-wide: the same test runs once per driver
@@ -345,7 +345,7 @@ class Cluster:
         if guest:
             kernel, initrd = ensure_guest()
             lines += [f'kernel = "{kernel}"', f'ramdisk = "{initrd}"',
-                      f'extra = "console=ttyS0 quiet panic=-1 domsnap.tick={tick}"']
+                      f'extra = "{guest_cmdline(tick, append)}"']
         lines += extra_cfg
         cfg = h.root / f"{name}.cfg"
         cfg.write_text("\n".join(lines) + "\n")
@@ -399,6 +399,13 @@ class Cluster:
     def cleanup_redis(self) -> None:
         for key in self.redis.scan_iter(f"{self.prefix}:*", count=1000):
             self.redis.delete(key)
+
+
+def guest_cmdline(tick: float = 1.0, append: str = "") -> str:
+    """The test guest's kernel command line (``append``: more options, e.g. the
+    benchmarks' ``domsnap.ticker=`` and ``domsnap.dirty=``)."""
+    return " ".join(["console=ttyS0 quiet panic=-1", f"domsnap.tick={tick}",
+                     *([append] if append else [])])
 
 
 def unique_name(prefix: str) -> str:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from schemas.models import SnapshotRecord
+from schemas.models import JobEvent, SnapshotRecord
 from tests.integration.cluster import Cluster, Domain
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
@@ -38,12 +38,20 @@ def web(cluster: Cluster, hv_host: str) -> Domain:
 
 def test_domain_snapshot_has_memory_and_every_disk(cluster: Cluster, web: Domain) -> None:
     client = cluster.client()
-    seen: list[str] = []
+    events: list[JobEvent] = []
     job = client.wait(client.create(web.name, name="full", description="first"), timeout=120,
-                      on_event=lambda ev: seen.append(ev.step))
+                      on_event=events.append)
     assert job.state == "succeeded", job.error
+    seen = [ev.step for ev in events]
     assert {"admitted", "capture", "resumed", "done"} <= set(seen)
     rec = client.snapshot(web.name, "full")
+    # the resumed event places the pause in time: QEMU's STOP and RESUME stamps
+    resumed = next(ev for ev in events if ev.step == "resumed")
+    assert resumed.data["pause_ms"] == rec.pause_ms
+    if web.host.driver == "qemu":
+        stop, resume = resumed.data["stopped_at"], resumed.data["resumed_at"]
+        assert job.submitted_at < stop < resume < resumed.ts, (job.submitted_at, resumed)
+        assert round((resume - stop) * 1000, 3) == rec.pause_ms
     assert rec.disk_only is False and rec.description == "first"
     assert rec.domain_state == "running"
     assert rec.pause_ms is not None and rec.pause_ms > 0

@@ -98,3 +98,44 @@ def test_guest_boots_ticks_and_persists_counter(tmp_path: Path) -> None:
     final = read_disk_counter(image)
     assert final in (last, last - 1), f"image holds {final}, last tick printed n={last}"
     assert final is not None and final >= 3
+
+
+@pytest.mark.vm
+def test_guest_benchmark_ticker_and_dirtier(tmp_path: Path) -> None:
+    """The benchmark options (bench/libvirt.py): ``domsnap.ticker`` prints its own
+    numbered lines alongside the disk ticks, ``domsnap.dirty`` rewrites a RAM file in a
+    loop, and neither disturbs the disk ticks that the other VM tests rely on."""
+    _require_qemu()
+    kernel, initrd = ensure_guest()
+    image = create_disk(tmp_path / "vda.qcow2", "64M")
+    console = tmp_path / "console.log"
+    qemu_log = tmp_path / "qemu.log"
+    append = "console=ttyS0 quiet panic=-1 domsnap.ticker=0.05 domsnap.dirty=8"
+    argv = qemu_argv(kernel, initrd, console, disks=[image], append=append)
+    with qemu_log.open("wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        try:
+            wait_for_tick(console, 3, BOOT_TIMEOUT, proc=proc)
+        except (TimeoutError, RuntimeError) as exc:
+            pytest.fail(f"{exc}\nqemu log:\n{qemu_log.read_text()}", pytrace=False)
+        deadline = time.monotonic() + BOOT_TIMEOUT  # the dirtier's second pass is done
+        while "DOMSNAP-DIRTY pass=2" not in console.read_text(errors="replace"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail(f"no second dirtier pass:\n{console.read_text()[-2000:]}",
+                            pytrace=False)
+            time.sleep(0.2)
+        fast = [line.rstrip("\r") for line in console.read_text(errors="replace").splitlines()
+                if line.startswith("DOMSNAP-T ")]
+    finally:
+        _stop(proc)
+    text = console.read_text(errors="replace")
+    assert count_boots(console) == 1, text
+    ns = [int(line.split()[1]) for line in fast]
+    assert len(ns) >= 3, text[-2000:]
+    assert ns == list(range(1, len(ns) + 1)), f"ticker lines do not count up by one: {ns}"
+    ticks = read_ticks(console)
+    assert [n for n, _ in ticks] == list(range(1, len(ticks) + 1)), ticks
+    for n, disk in ticks[1:]:
+        assert disk == n - 1, f"tick {n} read disk={disk}, expected {n - 1}: {ticks}"
+    assert "DOMSNAP-WARN" not in text, text[-2000:]

@@ -61,6 +61,10 @@ class LiveResult:
     memory_fallback: str | None = None  # why not live, when live was the setting's choice
     memory_page_records: int | None = None  # PAGE_DATA records of the stream (xl live)
     memory_rounds: int | None = None  # precopy rounds told apart in the stream (xl live)
+    # when the pause began and ended (epoch seconds, QEMU's STOP/RESUME event stamps),
+    # so that the pause can be placed next to what the guest showed (bench/libvirt.py)
+    stopped_at: float | None = None
+    resumed_at: float | None = None
 
 
 class Driver(abc.ABC):

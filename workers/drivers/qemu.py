@@ -252,8 +252,9 @@ class QemuDriver(Driver):
             stops = [e for e in q.events if e.get("event") == "STOP"]
             resumes = [e for e in q.events if e.get("event") == "RESUME"]
             if was_running and stops and resumes:
-                result.pause_ms = round((_event_time(resumes[-1]) - _event_time(stops[0])) * 1000,
-                                        3)
+                result.stopped_at = _event_time(stops[0])
+                result.resumed_at = _event_time(resumes[-1])
+                result.pause_ms = round((result.resumed_at - result.stopped_at) * 1000, 3)
         return result
 
     def _capture_disks_only(self, q: QMPClient, actions: list[dict[str, Any]], was_running: bool,

@@ -109,6 +109,23 @@ def _ops(plan: dict[str, Any]) -> list[DiskOp]:
     return [DiskOp(**d) for d in plan["disks"]]
 
 
+def resumed(host: Host, job_id: str, live: LiveResult) -> None:
+    """The ``resumed`` progress event; its data places the pause in time (epoch seconds
+    of QEMU's STOP and RESUME, when the driver has them) and carries the capture's own
+    timings (what bench/hops.py breaks down). Best effort, as every event."""
+    data = {k: v for k, v in (("pause_ms", live.pause_ms), ("stopped_at", live.stopped_at),
+                              ("resumed_at", live.resumed_at),
+                              ("memory_save_ms", live.memory_save_ms),
+                              ("fsync_ms", live.fsync_ms), ("disks_ms", live.disks_ms))
+            if v is not None}
+    try:
+        host.store.add_event(job_id, "resumed",
+                             f"domain back to {live.domain_state}; paused {live.pause_ms} ms",
+                             data=data)
+    except DomsnapError:
+        pass
+
+
 @guarded("capture")
 def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, Any]:
     """Memory + all disks of a running/paused domain in one driver call, then commit."""
@@ -125,11 +142,7 @@ def run_live(host: Host, req: CreateRequest, plan: dict[str, Any]) -> dict[str, 
                                    progress=emit)
         captured = True
         host.files.clear_pausing(req.domain, req.job_id)
-        # the capture's own timings ride on the event (what bench/hops.py breaks down)
-        jobs.progress_for(host, req.job_id, data={
-            "pause_ms": live.pause_ms, "memory_save_ms": live.memory_save_ms,
-            "fsync_ms": live.fsync_ms, "disks_ms": live.disks_ms})(
-            "resumed", f"domain back to {live.domain_state}; paused {live.pause_ms} ms")
+        resumed(host, req.job_id, live)
         jobs.check_cancel(host, req, "after the capture; its disk snapshots were removed")
         # all disks went in one atomic transaction: each took the transaction's time
         result = commit(host, req, plan, disk_ms={d.vdev: live.disks_ms for d in disks},
