@@ -65,6 +65,13 @@ if has_suite capture; then
     phase capture
     python3 /lab/in/capture.py --out "$OUT" --guest /lab/in/guest || rc=$?
     echo "LAB-CAPTURE-EXIT $rc"
+    # with more suites to come, let the host read the captures now: the payload image is
+    # consistent (journal flushed) while mounted read-only, for LAB_BENCH_OUT_HOLD_S seconds
+    if [[ $LAB_SUITE != capture ]] && mount -o remount,ro /lab; then
+        echo "LAB-OUT-READONLY capture"
+        sleep "${LAB_BENCH_OUT_HOLD_S:-90}"
+        mount -o remount,rw /lab || { echo "LAB-FATAL /lab stays read-only"; exit 1; }
+    fi
 fi
 if has_suite bench-live; then
     phase bench-live

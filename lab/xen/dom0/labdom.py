@@ -83,7 +83,29 @@ def make_domain(name: str, guest: Path, memory: int, extra: str, disks: int = 1,
         f'name = "{name}"', 'type = "pv"', f"memory = {memory}", "vcpus = 1",
         f'kernel = "{kernel}"', f'ramdisk = "{ramdisk}"', f'extra = "console=hvc0 quiet {extra}"',
         f"disk = [ {', '.join(specs)} ]", ""]))
-    return cfg, xl("create", str(cfg), timeout=900)
+    return cfg, create(name, cfg)
+
+
+# libxl gives the device model (QEMU, the qdisk backend) a fixed time to start and to
+# answer its first QMP commands (LIBXL_DEVICE_MODEL_START_TIMEOUT, compiled in): on a
+# loaded host, nested, QEMU can miss it ("Post DM startup configs failed, rc=-9",
+# "device model did not start: -9") and xl create fails with 3. That is the host's load,
+# not the domain: try again (seen in the lab at host load ~25).
+DM_TIMEOUT = ("device model did not start", "Post DM startup configs failed")
+
+
+def create(name: str, cfg: Path, attempts: int = 3) -> Run:
+    tries = []
+    for _ in range(attempts):
+        r = xl("create", str(cfg), timeout=900)
+        if r.rc == 0 or not any(s in r.stderr for s in DM_TIMEOUT):
+            break
+        tries.append(r.stderr.strip().splitlines()[-1:])
+        xl("destroy", name)
+        time.sleep(5)
+    if tries:
+        r.stderr += f"\n[lab: xl create retried {len(tries)} time(s) after a device-model timeout]"
+    return r
 
 
 class ConsoleFollower(threading.Thread):

@@ -135,7 +135,7 @@ class LvmSteps:
             f'disk = [ "format=raw, vdev=xvda, access=rw, backendtype=phy, target={LVDEV}", '
             f'"format=qcow2, vdev=xvdb, access=rw, backendtype=qdisk, target={qcow}" ]', ""]))
         t0 = time.monotonic()
-        p = smoke.xl("create", str(cfg))
+        p = smoke.xl_create(NAME, cfg)
         if p.returncode != 0:
             raise StepFailed(f"xl create failed ({p.returncode}): {p.stderr.strip()}")
         seen = wait_ticks(3, 0, 600)

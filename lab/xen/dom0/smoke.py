@@ -69,6 +69,19 @@ def xl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL, check=False)
 
 
+def xl_create(name: str, cfg: Path, attempts: int = 3) -> subprocess.CompletedProcess[str]:
+    """xl create, again after a device-model start-up timeout (libxl's is compiled in;
+    nested on a loaded host QEMU can miss it: "device model did not start: -9")."""
+    for _ in range(attempts):
+        proc = xl("create", str(cfg))
+        if proc.returncode == 0 or not any(s in proc.stderr for s in (
+                "device model did not start", "Post DM startup configs failed")):
+            return proc
+        xl("destroy", name)
+        time.sleep(5)
+    return proc
+
+
 def ticks(offset: int = 0) -> list[tuple[int, int]]:
     """(n, disk) of every tick the guest printed after byte ``offset`` of its console."""
     try:
@@ -194,7 +207,7 @@ class Smoke:
             'extra = "console=hvc0 quiet domsnap.tick=1"',
             f"disk = [ {', '.join(disks)} ]", ""]))
         t0 = time.monotonic()
-        proc = xl("create", str(cfg))
+        proc = xl_create(DOMAIN, cfg)
         if proc.returncode != 0:
             raise StepFailed(f"xl create failed ({proc.returncode}): {proc.stderr.strip()}")
         created = time.monotonic() - t0
