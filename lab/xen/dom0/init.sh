@@ -53,13 +53,17 @@ xl info >"$OUT/xl-info.txt" 2>&1 || true
 
 # LAB_SUITE (from the host, in/lab.env): a comma list of smoke (the default cycle),
 # capture (capture.py: issue 8's stream captures), bench-live (bench_live.py: live vs
-# save pause), lvm (smoke.py --suite lvm). capture and bench-live need no worker and run
+# save pause), lvm (smoke.py --suite lvm), lvm-direct (lvm_direct.py: domsnap's Lvm
+# backend on dom0's LVM with no worker). capture and bench-live need no worker and run
 # before it starts (its heartbeat runs xl every few seconds: noise for the bench).
 LAB_SUITE=smoke
 [[ -f /lab/in/lab.env ]] && . /lab/in/lab.env
 export LAB_SUITE
 echo "LAB-SUITE $LAB_SUITE"
 has_suite() { [[ ,$LAB_SUITE, == *,$1,* ]]; }
+# No udevd runs in this dom0: LVM (the lvm suites, the worker's lvm calls) must make its
+# /dev nodes itself instead of waiting for udev to do it
+[[ -S /run/udev/control ]] || export DM_DISABLE_UDEV=1
 rc=0
 if has_suite capture; then
     phase capture
@@ -78,6 +82,11 @@ if has_suite bench-live; then
     python3 /lab/in/bench_live.py --out "$OUT" --guest /lab/in/guest || rc=$?
     echo "LAB-BENCH-EXIT $rc"
 fi
+if has_suite lvm-direct; then
+    phase lvm-direct
+    python /lab/in/lvm_direct.py --out "$OUT" --guest /lab/in/guest || rc=$?
+    echo "LAB-LVM-DIRECT-EXIT $rc"
+fi
 if ! has_suite smoke && ! has_suite lvm; then
     echo "LAB-SMOKE-EXIT $rc"
     exit 0
@@ -89,9 +98,6 @@ phase redis-started
 
 export DOMSNAP_DRIVER=xl DOMSNAP_HOST=lab-dom0 DOMSNAP_REDIS_URL=redis://127.0.0.1:6379/0
 export PYTHONDONTWRITEBYTECODE=1
-# No udevd runs in this dom0: LVM (the lvm suite, the worker's lvm calls) must make its
-# /dev nodes itself instead of waiting for udev to do it
-[[ -S /run/udev/control ]] || export DM_DISABLE_UDEV=1
 # The default pause budget (30 s for a 128 MiB domain) is sized for real hosts; under
 # nested TCG on a loaded host one step can take minutes and the guard would resume the
 # domain in the middle of a save (seen: the guard fired 97 s into a disk-only create)
