@@ -37,7 +37,7 @@ def rec(rtype: int, body: bytes) -> bytes:
 
 def stream(config: bytes, libxc: list[tuple[int, bytes]], libxl_after: list[bytes]) -> bytes:
     opt = struct.pack("<I", len(config)) + config
-    out = recv.XL_MAGIC + struct.pack("<IIII", 0x01020304, 3, 0, len(opt)) + opt
+    out: bytes = recv.XL_MAGIC + struct.pack("<IIII", 0x01020304, 3, 0, len(opt)) + opt
     out += struct.pack(">8sII", b"LibxlFmt", 2, 0) + rec(1, b"")
     out += struct.pack(">QIIHHI", 2**64 - 1, 0x58454E46, 3, 0, 0, 0)
     out += struct.pack("<IHHII", 1, 12, 0, 4, 17)
