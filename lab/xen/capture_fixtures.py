@@ -28,6 +28,7 @@ TEXT = {
     "live-vvv.list-after.txt": "migrate-vvv.list-after.txt",
     "live-vvv.list-after-ticks.txt": "migrate-vvv.list-after-ticks.txt",
     "live-vvv.xl-capdom.log": "migrate-vvv.xl-domain.log",
+    "live-vvv.recv.json": "migrate-vvv.receiver-report.json",
     "before.xl-capdom.log": "migrate-before.xl-domain.log",
     "live-quiet.stderr": "migrate-quiet.stderr.txt",
     "live-quiet.stdout": "migrate-quiet.stdout.txt",
