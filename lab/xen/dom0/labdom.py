@@ -91,7 +91,10 @@ def make_domain(name: str, guest: Path, memory: int, extra: str, disks: int = 1,
 # loaded host, nested, QEMU can miss it ("Post DM startup configs failed, rc=-9",
 # "device model did not start: -9") and xl create fails with 3. That is the host's load,
 # not the domain: try again (seen in the lab at host load ~25).
-DM_TIMEOUT = ("device model did not start", "Post DM startup configs failed")
+DM_TIMEOUT = ("device model did not start", "Post DM startup configs failed",
+              # the same for a hotplug script (phy disks: /etc/xen/scripts/block), seen at
+              # host load ~10: "/etc/xen/scripts/block add because of timeout"
+              "because of timeout")
 
 
 def create(name: str, cfg: Path, attempts: int = 3) -> Run:
