@@ -117,8 +117,10 @@ def main() -> int:
                     "at sender.\" (see results.json).")
         body.append("")
     if meta.get("partial"):
-        body.append("The boot ended before the bench did: these are the runs it finished, "
-                    "read from its console lines (`LAB-BENCH-JSON`).")
+        body.append("**Partial**: out/ was not read back (the boot had not ended): these are "
+                    "the runs finished by then, read from the console's `LAB-BENCH-JSON` "
+                    "lines. A ticker noise near the pause means the figure is at the "
+                    "resolution limit of this method.")
         body.append("")
     body.append(f"Raw runs: {len(runs)} (every run's figures, the receiver's record "
                 "timestamps and xl's stderr are in the run's `out/bench/`).")
