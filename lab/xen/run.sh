@@ -12,7 +12,9 @@
 # vdb = the domsnap layer (read-only), vdc = the payload.
 #
 # Environment: LAB_TIMEOUT (seconds for the whole boot + cycle, default 3600),
-# LAB_RUN_DIR (default $LAB_CACHE/run), LAB_CACHE (see build.sh).
+# LAB_RUN_DIR (default $LAB_CACHE/run), LAB_CACHE (see build.sh), LAB_SUITE (what dom0
+# runs: a comma list of smoke (the default), capture, bench-live, lvm; see the README),
+# and the bench's LAB_BENCH_* knobs: these LAB_* values reach dom0 in in/lab.env.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,7 +41,17 @@ log "build (cached layers reused): ${build_s} s"
 rm -rf "$RUN"
 mkdir -p "$RUN/payload/in/guest" "$RUN/payload/out"
 install -m 0755 "$HERE/dom0/init.sh" "$RUN/payload/in/init.sh"
-install -m 0644 "$HERE/dom0/smoke.py" "$RUN/payload/in/smoke.py"
+install -m 0644 "$HERE"/dom0/*.py "$RUN/payload/in/"
+# the knobs dom0 reads (init.sh sources it): only LAB_SUITE and LAB_BENCH_*, validated
+SUITE=${LAB_SUITE:-smoke}
+[[ $SUITE =~ ^[a-z,-]+$ ]] || { log "LAB_SUITE must be a comma list of suite names"; exit 2; }
+{
+    printf 'LAB_SUITE=%q\n' "$SUITE"
+    for key in $(compgen -e | grep '^LAB_BENCH_' || true); do
+        [[ ${!key} =~ ^[A-Za-z0-9.,:=_-]*$ ]] || { log "$key has odd characters"; exit 2; }
+        printf '%s=%q\n' "$key" "${!key}"
+    done
+} >"$RUN/payload/in/lab.env"
 cp "${L[LAB_GUEST_KERNEL]}" "$RUN/payload/in/guest/vmlinuz"
 cp "${L[LAB_GUEST_INITRD]}" "$RUN/payload/in/guest/initramfs.cpio.gz"
 mkfs.ext4 -q -F -L labio -d "$RUN/payload" "$RUN/io.img" 512M

@@ -51,6 +51,47 @@ phase modules
 phase xen-started
 xl info >"$OUT/xl-info.txt" 2>&1 || true
 
+# LAB_SUITE (from the host, in/lab.env): a comma list of smoke (the default cycle),
+# capture (capture.py: issue 8's stream captures), bench-live (bench_live.py: live vs
+# save pause), lvm (smoke.py --suite lvm), lvm-direct (lvm_direct.py: domsnap's Lvm
+# backend on dom0's LVM with no worker). capture and bench-live need no worker and run
+# before it starts (its heartbeat runs xl every few seconds: noise for the bench).
+LAB_SUITE=smoke
+[[ -f /lab/in/lab.env ]] && . /lab/in/lab.env
+export LAB_SUITE
+echo "LAB-SUITE $LAB_SUITE"
+has_suite() { [[ ,$LAB_SUITE, == *,$1,* ]]; }
+# No udevd runs in this dom0: LVM (the lvm suites, the worker's lvm calls) must make its
+# /dev nodes itself instead of waiting for udev to do it
+[[ -S /run/udev/control ]] || export DM_DISABLE_UDEV=1
+rc=0
+if has_suite capture; then
+    phase capture
+    python3 /lab/in/capture.py --out "$OUT" --guest /lab/in/guest || rc=$?
+    echo "LAB-CAPTURE-EXIT $rc"
+    # with more suites to come, let the host read the captures now: the payload image is
+    # consistent (journal flushed) while mounted read-only, for LAB_BENCH_OUT_HOLD_S seconds
+    if [[ $LAB_SUITE != capture ]] && mount -o remount,ro /lab; then
+        echo "LAB-OUT-READONLY capture"
+        sleep "${LAB_BENCH_OUT_HOLD_S:-90}"
+        mount -o remount,rw /lab || { echo "LAB-FATAL /lab stays read-only"; exit 1; }
+    fi
+fi
+if has_suite bench-live; then
+    phase bench-live
+    python3 /lab/in/bench_live.py --out "$OUT" --guest /lab/in/guest || rc=$?
+    echo "LAB-BENCH-EXIT $rc"
+fi
+if has_suite lvm-direct; then
+    phase lvm-direct
+    python /lab/in/lvm_direct.py --out "$OUT" --guest /lab/in/guest || rc=$?
+    echo "LAB-LVM-DIRECT-EXIT $rc"
+fi
+if ! has_suite smoke && ! has_suite lvm; then
+    echo "LAB-SMOKE-EXIT $rc"
+    exit 0
+fi
+
 redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir /tmp --logfile "$OUT/redis.log"
 phase redis-started
@@ -70,6 +111,9 @@ setsid domsnap worker --driver xl --host lab-dom0 -c 2 --inflight-concurrency 2 
 WORKER_PID=$!
 phase worker-spawned
 
-rc=0
-python /lab/in/smoke.py --out "$OUT" --guest /lab/in/guest --worker-log "$OUT/worker.log" || rc=$?
+suites=()
+has_suite smoke && suites+=(--suite smoke)
+has_suite lvm && suites+=(--suite lvm)
+python /lab/in/smoke.py --out "$OUT" --guest /lab/in/guest --worker-log "$OUT/worker.log" \
+    "${suites[@]}" || rc=$?
 echo "LAB-SMOKE-EXIT $rc"

@@ -69,6 +69,19 @@ def xl(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL, check=False)
 
 
+def xl_create(name: str, cfg: Path, attempts: int = 3) -> subprocess.CompletedProcess[str]:
+    """xl create, again after a device-model start-up timeout (libxl's is compiled in;
+    nested on a loaded host QEMU can miss it: "device model did not start: -9")."""
+    for _ in range(attempts):
+        proc = xl("create", str(cfg))
+        if proc.returncode == 0 or not any(s in proc.stderr for s in (
+                "device model did not start", "Post DM startup configs failed")):
+            return proc
+        xl("destroy", name)
+        time.sleep(5)
+    return proc
+
+
 def ticks(offset: int = 0) -> list[tuple[int, int]]:
     """(n, disk) of every tick the guest printed after byte ``offset`` of its console."""
     try:
@@ -108,12 +121,22 @@ class Smoke:
         self.started = time.time()
         self.client: Any = None
         self.facts: dict[str, Any] = {}
+        try:
+            self.prior: dict[str, Any] = json.loads((out / "results.json").read_text())
+        except (OSError, ValueError):
+            self.prior = {"steps": [], "facts": {}}
+        self.prior.setdefault("steps", [])
+        self.prior.setdefault("facts", {})
 
     # ------------------------------------------------------------ bookkeeping
 
     def save(self) -> None:
+        # steps of an earlier suite of the same boot (capture, bench-live) are kept
         doc = {"host": HOST, "domain": DOMAIN, "started_at": self.started,
-               "steps": [asdict(s) for s in self.steps], "facts": self.facts}
+               "steps": self.prior["steps"] + [asdict(s) for s in self.steps],
+               "facts": {**self.prior["facts"], **self.facts,
+                         "plan": self.prior["facts"].get("plan", [])
+                         + self.facts.get("plan", [])}}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=2))
         os.replace(tmp, self.out / "results.json")
@@ -184,7 +207,7 @@ class Smoke:
             'extra = "console=hvc0 quiet domsnap.tick=1"',
             f"disk = [ {', '.join(disks)} ]", ""]))
         t0 = time.monotonic()
-        proc = xl("create", str(cfg))
+        proc = xl_create(DOMAIN, cfg)
         if proc.returncode != 0:
             raise StepFailed(f"xl create failed ({proc.returncode}): {proc.stderr.strip()}")
         created = time.monotonic() - t0
@@ -242,16 +265,17 @@ class Smoke:
         pause = "" if rec.pause_ms is None else f", pause {rec.pause_ms / 1000:.1f}s"
         return f"{job.op} ok in {data.get('worker_s')}s on the worker{pause}; domain {state}", data
 
-    def listing(self) -> tuple[str, dict[str, Any]]:
+    def listing(self, want: tuple[str, ...] = ("s-disk", "s-ext", "s-mem"),
+                want_current: str = "s-mem") -> tuple[str, dict[str, Any]]:
         names = sorted(s.name for s in self.client.snapshots(DOMAIN))
         current = self.client.current(DOMAIN)
-        want = sorted(["s-disk", "s-ext", "s-mem"])
-        if names != want or current != "s-mem":
-            raise StepFailed(f"listed {names}, current {current}; want {want}, current s-mem")
+        if names != sorted(want) or current != want_current:
+            raise StepFailed(f"listed {names}, current {current}; want {sorted(want)}, "
+                             f"current {want_current}")
         return f"{names}, current {current}", {"names": names, "current": current}
 
-    def revert(self) -> tuple[str, dict[str, Any]]:
-        snap = self.facts["snapshots"]["s-mem"]
+    def revert(self, name: str = "s-mem") -> tuple[str, dict[str, Any]]:
+        snap = self.facts["snapshots"][name]
         # let the guest run well past the snapshot, so a revert shows as the counter going back
         if snap["tick_after"] is not None:
             target = snap["tick_after"] + 5
@@ -260,7 +284,7 @@ class Smoke:
                 time.sleep(0.5)
         offset = console_size()
         latest = (ticks() or [(0, 0)])[-1][0]
-        job = self._job(self.client.revert(DOMAIN, "s-mem"))
+        job = self._job(self.client.revert(DOMAIN, name))
         data = self._job_data(job)
         data.update({"tick_before_revert": latest, "snapshot_tick_window":
                      [snap["tick_before"], snap["tick_after"]]})
@@ -317,9 +341,22 @@ class Smoke:
         self.facts["xl_list_l_end"] = p.stdout
         return f"{len(info)} images", {"images": info}
 
-    def run(self) -> int:
+    def run(self, suites: list[str]) -> int:
         plan: list[tuple[str, Callable[[], str | tuple[str, dict[str, Any]]]]] = [
-            ("worker-up", self.worker_up),
+            ("worker-up", self.worker_up)]
+        if "smoke" in suites:
+            plan += self.smoke_plan()
+        if "lvm" in suites:
+            plan += self.lvm_plan()
+        return self.run_plan(plan)
+
+    def lvm_plan(self) -> list[tuple[str, Callable[[], str | tuple[str, dict[str, Any]]]]]:
+        from lvmsteps import LvmSteps
+
+        return LvmSteps(self).plan()
+
+    def smoke_plan(self) -> list[tuple[str, Callable[[], str | tuple[str, dict[str, Any]]]]]:
+        return [
             ("domu-create", self.domu_create),
             ("create-disk-only-internal",
              lambda: self.create("s-disk", disk_only=True, type="internal")),
@@ -331,6 +368,9 @@ class Smoke:
             ("delete-s-ext", lambda: self.delete("s-ext")),
             ("delete-s-disk", lambda: self.delete("s-disk")),
         ]
+
+    def run_plan(self, plan: list[tuple[str, Callable[[], str | tuple[str, dict[str, Any]]]]]
+                 ) -> int:
         self.facts["plan"] = [name for name, _ in plan]
         self.save()
         failed = False
@@ -342,6 +382,13 @@ class Smoke:
         self.facts["total_s"] = round(time.time() - self.started, 1)
         self.save()
         return 1 if failed else 0
+
+
+def use_domain(name: str) -> None:
+    """Point the cycle's helpers (ticks, domain_state, the steps) at domain ``name``."""
+    global DOMAIN, CONSOLE
+    DOMAIN = name
+    CONSOLE = Path(f"/var/log/xen/console/guest-{name}.log")
 
 
 def domain_state() -> str:
@@ -361,10 +408,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--guest", type=Path, required=True)
     ap.add_argument("--worker-log", type=Path, required=True)
+    ap.add_argument("--suite", action="append", choices=["smoke", "lvm"],
+                    help="which cycles to run (repeatable; default smoke)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    return Smoke(args.out, args.guest, args.worker_log).run()
+    return Smoke(args.out, args.guest, args.worker_log).run(args.suite or ["smoke"])
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("smoke", sys.modules["__main__"])  # lvmsteps imports this module
     sys.exit(main())
