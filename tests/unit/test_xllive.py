@@ -87,3 +87,20 @@ def test_a_refused_log_dirty_falls_back_to_xl_save_in_the_same_call(tmp_path: Pa
         res.memory_fallback
     assert mem.read_bytes().startswith(b"Xen saved domain")  # xl save's file, not a stub
     assert list((tmp_path / "state" / "xl" / "live").rglob("*.json")) == []
+
+
+def test_the_pause_window_from_the_real_xl_stderr() -> None:
+    """Real `xl -vvv migrate` stderr from Xen 4.17.5 (tests/fixtures/xl/migrate-vvv.stderr.txt),
+    one line a second: the window runs from "guest has suspended" to the resume's AO
+    completing after "resuming at sender" (not the suspend's own AO, which completes
+    before)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "fixtures" / "xl"
+            / "migrate-vvv.stderr.txt").read_text()
+    lines = [(float(i), ln) for i, ln in enumerate(text.splitlines())]
+    at = {key: next(i for i, ln in enumerate(text.splitlines()) if key in ln)
+          for key in ("guest has suspended", "resuming at sender")}
+    done = next(i for i, ln in enumerate(text.splitlines())
+                if i > at["resuming at sender"] and "libxl__ao_complete" in ln)
+    assert pause_window(lines, Report(), exited_at=1e6) == (done - at["guest has suspended"]) * 1000

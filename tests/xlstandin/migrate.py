@@ -266,8 +266,10 @@ class Migration:
         """libxl_domain_suspend(LIVE): 0, or libxl's rc after logging what failed."""
         dom = self.dom
         ao, poller = _ao("suspend")
-        debug("libxl_domain.c:528:libxl_domain_suspend", dom.domid,
+        debug("libxl_domain.c:512:libxl_domain_suspend", dom.domid,
               f"ao {ao}: create: how=(nil) callback=(nil) poller={poller}")
+        debug("libxl_domain.c:540:libxl_domain_suspend", dom.domid,
+              f"ao {ao}: inprogress: poller={poller}, flags=i")
         err(f"xc: info: Saving domain {dom.domid}, type x86 {'PV' if dom.type == 'pv' else 'HVM'}")
         try:
             writer.head()
@@ -287,7 +289,8 @@ class Migration:
             writer.tail()
         except OSError:
             return self.helper_died()
-        debug("libxl_event.c:2064:libxl__ao_complete", dom.domid, f"ao {ao}: complete, rc=0")
+        debug("libxl_event.c:2067:libxl__ao_complete", None, f"ao {ao}: complete, rc=0")
+        debug("libxl_event.c:2036:libxl__ao__destroy", None, f"ao {ao}: destroy")
         return 0
 
     def helper_died(self) -> int:
@@ -349,18 +352,18 @@ class Migration:
                   "Calling xc_domain_shutdown on HVM domain")
         else:
             kind = "PV" if dom.type == "pv" else "PVH/HVM"
-            debug("libxl_dom_suspend.c:196:domain_suspend_callback_common", dom.domid,
+            debug("libxl_dom_suspend.c:203:domain_suspend_callback_common", dom.domid,
                   f"issuing {kind} suspend request via XenBus control node")
-            debug("libxl_dom_suspend.c:274:domain_suspend_common_pvcontrol_suspending",
+            debug("libxl_dom_suspend.c:281:domain_suspend_common_pvcontrol_suspending",
                   dom.domid, "guest acknowledged suspend request")
-        debug("libxl_dom_suspend.c:293:domain_suspend_common_wait_guest", dom.domid,
+        debug("libxl_dom_suspend.c:300:domain_suspend_common_wait_guest", dom.domid,
               "wait for the guest to suspend")
         self.suspended = True
         (dom.dir / SUSPEND_SEEN).touch()  # the domain's monitor sees the suspend and exits
         (dom.dir / SUSPENDED).touch()  # xl list: ---ss-
         dom.set_state("paused")
         pump.mark_suspend()
-        debug("libxl_dom_suspend.c:350:suspend_common_wait_guest_check", dom.domid,
+        debug("libxl_dom_suspend.c:358:suspend_common_wait_guest_check", dom.domid,
               "guest has suspended")
 
     def no_ack(self, q: QMP) -> int:
@@ -368,7 +371,7 @@ class Migration:
         (QEMU runs the vCPUs again itself), libxl waits out its timeout."""
         dom = self.dom
         kind = "PV" if dom.type == "pv" else "PVH/HVM"
-        debug("libxl_dom_suspend.c:196:domain_suspend_callback_common", dom.domid,
+        debug("libxl_dom_suspend.c:203:domain_suspend_callback_common", dom.domid,
               f"issuing {kind} suspend request via XenBus control node")
         self.cancel_qemu(q)
         time.sleep(self.env.suspend_timeout)
@@ -396,7 +399,7 @@ class Migration:
         """libxl_domain_resume(suspend_cancel=1): the guest runs on where it stopped."""
         dom = self.dom
         ao, poller = _ao("resume")
-        debug("libxl_domain.c:621:libxl_domain_resume", dom.domid,
+        debug("libxl_domain.c:184:libxl_domain_resume", dom.domid,
               f"ao {ao}: create: how=(nil) callback=(nil) poller={poller}")
         ok = self.suspended
         if self.suspended:
@@ -409,11 +412,11 @@ class Migration:
             self.suspended = False
         else:
             err(*not_suspended_lines(dom))
-        debug("libxl_event.c:2064:libxl__ao_complete", dom.domid,
+        debug("libxl_event.c:2067:libxl__ao_complete", None,
               f"ao {ao}: complete, rc={0 if ok else ERROR_FAIL}")
-        debug("libxl_domain.c:621:libxl_domain_resume", dom.domid,
+        debug("libxl_domain.c:192:libxl_domain_resume", dom.domid,
               f"ao {ao}: inprogress: poller={poller}, flags=ic")
-        debug("libxl_event.c:1869:libxl__ao__destroy", dom.domid, f"ao {ao}: destroy")
+        debug("libxl_event.c:2036:libxl__ao__destroy", None, f"ao {ao}: destroy")
         return ok
 
     def rename(self, name: str) -> None:
