@@ -106,12 +106,18 @@ class QMP:
             msg["arguments"] = arguments
         data = json.dumps(msg).encode() + b"\n"
         self._sock.settimeout(self.timeout)
-        if fds:
-            sent = socket.send_fds(self._sock, [data], fds)
-            if sent < len(data):
-                self._sock.sendall(data[sent:])
-        else:
-            self._sock.sendall(data)
+        # MSG_NOSIGNAL: a QEMU that exited (a failed incoming migration ends the process)
+        # is a QMPFailure, not a SIGPIPE that kills xl (xl's own SIGPIPE deaths are on its
+        # stdout/stderr)
+        try:
+            if fds:
+                sent = socket.send_fds(self._sock, [data], fds, socket.MSG_NOSIGNAL)
+                if sent < len(data):
+                    self._sock.sendall(data[sent:], socket.MSG_NOSIGNAL)
+            else:
+                self._sock.sendall(data, socket.MSG_NOSIGNAL)
+        except OSError as exc:
+            raise QMPFailure(f"cannot send {command} to {self.path}: {exc}") from None
         return ident
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
