@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 XL = str(STANDIN_DIR / "xl")
 
 
-def _domain(root: Path, name: str, memory: int, stub: bool) -> str:
+def _domain(root: Path, name: str, memory: int, stub: bool, extra: str = "") -> str:
     kernel, initrd = ensure_guest()
     disks = []
     for vdev in ("xvda", "xvdb"):
@@ -50,7 +50,7 @@ def _domain(root: Path, name: str, memory: int, stub: bool) -> str:
     cfg = root / f"{name}.cfg"
     cfg.write_text(f'name = "{name}"\nuuid = "{uuid}"\nmemory = {memory}\n'
                    f'kernel = "{kernel}"\nramdisk = "{initrd}"\n'
-                   'extra = "console=ttyS0 quiet panic=-1"\n'
+                   f'extra = "console=ttyS0 quiet panic=-1 {extra}"\n'
                    f'disk = [ {", ".join(disks)} ]\n'
                    + ("device_model_stubdomain_override = 1\n" if stub else ""))
     subprocess.run([XL, "create", str(cfg)], check=True, capture_output=True)

@@ -42,8 +42,8 @@ RELIABILITY=($I/test_model.py $I/test_model_regressions.py $I/test_faults.py
              $I/test_acl.py $I/test_xl_states.py $I/test_faults_xl.py $I/test_xl_monitor.py)
 SCHEDULE=($I/test_schedule.py)
 ignore=(); for f in "${RELIABILITY[@]}" "${SCHEDULE[@]}"; do ignore+=(--ignore "$f"); done
-run_suite integration .venv/bin/pytest -q -p no:cacheprovider "${ignore[@]}" $I
-run_suite reliability .venv/bin/pytest -q -p no:cacheprovider "${RELIABILITY[@]}"
+run_suite integration .venv/bin/pytest -q -p no:cacheprovider --durations=15 "${ignore[@]}" $I
+run_suite reliability .venv/bin/pytest -q -p no:cacheprovider --durations=15 "${RELIABILITY[@]}"
 run_suite schedule .venv/bin/pytest -q -p no:cacheprovider "${SCHEDULE[@]}"
 run_suite vm .venv/bin/pytest -q -p no:cacheprovider tests/vm
 # issue 11: the benchmarks' quick mode, so their code cannot rot (no timing is checked;
