@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     job_ttl_s: int = 7 * 24 * 3600
     heartbeat_s: float = 5.0
     host_ttl_s: float = 20.0
+    # how often the inventory is listed and published (None: every heartbeat)
+    inventory_s: float | None = Field(default=None, gt=0.0)
     # liveness is renewed while the inventory listing now running (if any) has run for
     # less than this: `xl list -l` of a busy dom0 can outlast the TTL (workers/heartbeat.py)
     inventory_stall_s: float = Field(default=300.0, gt=0.0)

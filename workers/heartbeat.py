@@ -6,7 +6,8 @@ the TTL: in the nested Xen lab a busy dom0 listed for over 20 s, the key expired
 every request for every domain of the host was refused "no live worker" while the
 worker was fine. So two threads:
 
-- the inventory thread lists and publishes the domains every ``heartbeat_s``;
+- the inventory thread lists and publishes the domains every ``inventory_s`` (default
+  ``heartbeat_s``; listing is the costly part: two ``xl`` runs on a dom0);
 - the liveness thread renews the key every ``heartbeat_s`` while the inventory is
   *healthy*: the last listing succeeded, and the one running now (if any) has not run
   for more than ``inventory_stall_s``.
@@ -32,10 +33,11 @@ class Heartbeat:
     ``renew`` renews the liveness key. Both may raise DomsnapError/OSError."""
 
     def __init__(self, publish: Callable[[], None], renew: Callable[[], None], *,
-                 interval_s: float, stall_s: float,
+                 interval_s: float, stall_s: float, inventory_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._publish, self._renew = publish, renew
         self.interval_s, self.stall_s, self._clock = interval_s, stall_s, clock
+        self.inventory_s = interval_s if inventory_s is None else inventory_s
         self._lock = threading.Lock()
         self._ok = False  # the last completed listing succeeded
         self._since: float | None = None  # start of the listing running now
@@ -73,7 +75,7 @@ class Heartbeat:
 
     def start(self, stop: threading.Event) -> list[threading.Thread]:
         def inventory() -> None:
-            while not stop.wait(self.interval_s):
+            while not stop.wait(self.inventory_s):
                 self.publish_once()
 
         def liveness() -> None:

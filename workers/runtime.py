@@ -45,6 +45,7 @@ def heartbeat(host: Host) -> Heartbeat:
     return Heartbeat(lambda: publish(host, alive=False),
                      lambda: host.store.renew_alive(host.name, host.settings.host_ttl_s),
                      interval_s=host.settings.heartbeat_s,
+                     inventory_s=host.settings.inventory_s,
                      stall_s=host.settings.inventory_stall_s)
 
 

@@ -240,6 +240,9 @@ class Cluster:
             "DOMSNAP_STATE_DIR": str(root / "state"),
             "DOMSNAP_SNAPSHOT_ROOTS": str(root / "images"),
             "DOMSNAP_HEARTBEAT_S": "1",
+            # listing (two `xl` stand-in runs on an xl host) every 2 s, liveness every 1 s:
+            # a dozen idle test hosts otherwise spend a core listing
+            "DOMSNAP_INVENTORY_S": "2",
             "DOMSNAP_HOST_TTL_S": "4",
             "PYTHONPATH": str(REPO),
         })
