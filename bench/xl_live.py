@@ -87,7 +87,7 @@ def _alternate(root: Path, drivers: dict[str, XlDriver], uuid: str, size: int,
     return out
 
 
-def report(res: Results, args: argparse.Namespace, load: tuple[float, float, float]) -> None:
+def report(res: Results, args: argparse.Namespace, loadavg: tuple[float, float, float]) -> None:
     lines = [
         f"Measured {dt.date.today().isoformat()} with `python -m bench.xl_live --runs "
         f"{args.runs}`: the xl driver in-process against the stand-in xl (`tests/xlstandin`:"
@@ -117,7 +117,7 @@ def report(res: Results, args: argparse.Namespace, load: tuple[float, float, flo
               + ", ".join(ratios) + "; the live path takes longer in all (the rounds send "
               "dirtied pages again).", "",
               f"Machine: {os.cpu_count()} cores, TCG, load average at the end "
-              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (shared with other work: "
+              f"{loadavg[0]:.1f} / {loadavg[1]:.1f} / {loadavg[2]:.1f} (shared with other work: "
               "compare live against save within a row pair only)."]
     write_section(Path(args.out), "xl driver: live memory snapshot against xl save -p", lines)
     print("\n".join(lines))
@@ -137,8 +137,8 @@ def main() -> None:
         res = run(root, args.runs, args.memory, args.workload)
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
-    lines_load = os.getloadavg()
-    report(res, args, lines_load)
+    print(res, flush=True)  # the raw figures, whatever the report does
+    report(res, args, os.getloadavg())
 
 
 if __name__ == "__main__":
