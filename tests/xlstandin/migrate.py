@@ -42,7 +42,7 @@ import select
 import signal
 import subprocess
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from tests.xlstandin.cli import (
     GLOBALS,
@@ -121,6 +121,11 @@ def _ao(where: str) -> tuple[str, str]:
     base = 0x55D0C0000000 + (os.getpid() << 12) + (0x2A0 if where == "resume" else 0x1C0)
     return f"0x{base:x}", f"0x{base + 0x9E0:x}"
 
+
+
+class _Unacked(Exception):
+    """The guest did not acknowledge the suspend request (raised inside the control
+    session, so that libxl's wait runs without holding the stand-in's control socket)."""
 
 class Migration:
     """One ``xl migrate``: the transport child, the stream, the outcome."""
@@ -283,7 +288,12 @@ class Migration:
                                 dom.domid, "saving domain: domain did not respond to suspend "
                                 "request: Invalid argument"))
                 return ERROR_GUEST_TIMEDOUT
-            rc = self.live_rounds(writer)
+            try:
+                rc = self.live_rounds(writer)
+            except _Unacked:
+                time.sleep(self.env.suspend_timeout)  # libxl's timeout, nothing held
+                err(*no_ack_lines(dom))
+                rc = ERROR_GUEST_TIMEDOUT
             if rc:
                 return rc
             writer.tail()
@@ -319,7 +329,7 @@ class Migration:
                     q.execute("migrate-set-parameters", {"downtime-limit": 2_000_000})
                 elif status == "pre-switchover":
                     if not acks:
-                        return self.no_ack(q)
+                        self.no_ack(q)  # raises _Unacked: out of the control session
                     self.suspend_moment(pump)
                     q.execute("migrate-continue", {"state": "pre-switchover"})
                 elif status == "completed":
@@ -366,17 +376,17 @@ class Migration:
         debug("libxl_dom_suspend.c:358:suspend_common_wait_guest_check", dom.domid,
               "guest has suspended")
 
-    def no_ack(self, q: QMP) -> int:
+    def no_ack(self, q: QMP) -> NoReturn:
         """The guest never answers the suspend request: QEMU's migration is cancelled
-        (QEMU runs the vCPUs again itself), libxl waits out its timeout."""
+        (QEMU runs the vCPUs again itself); libxl then waits out its timeout, with the
+        stand-in's control socket released (on Xen nothing else is held meanwhile:
+        another xl verb on the domain works)."""
         dom = self.dom
         kind = "PV" if dom.type == "pv" else "PVH/HVM"
         debug("libxl_dom_suspend.c:203:domain_suspend_callback_common", dom.domid,
               f"issuing {kind} suspend request via XenBus control node")
         self.cancel_qemu(q)
-        time.sleep(self.env.suspend_timeout)
-        err(*no_ack_lines(dom))
-        return ERROR_GUEST_TIMEDOUT
+        raise _Unacked
 
     def cancel_qemu(self, q: QMP | None = None) -> None:
         """End QEMU's migration (if any) and the pump; QEMU restarts a guest that ran."""
