@@ -27,8 +27,10 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,3 +377,33 @@ def wait_finalized(q: QMP) -> str:
     st = q.poll("query-status", lambda r: r.get("status") != "finish-migrate",
                 timeout=30, interval=0.002)
     return str(st["status"])
+
+
+def daemonize(log: Path, body: Callable[[], int]) -> None:
+    """Run ``body`` as a daemon: double fork, its own session, stdin on /dev/null,
+    stdout/stderr appended to ``log``, no other fd of the caller (whoever ran ``xl``
+    sees xl end). Returns in the caller once the daemon is detached."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    code = 1
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        log.parent.mkdir(exist_ok=True)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.closerange(3, 65536)
+        code = body()
+    except BaseException:  # noqa: BLE001 - a daemon reports and ends
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(code)

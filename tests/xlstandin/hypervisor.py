@@ -36,9 +36,8 @@ import contextlib
 import os
 import sys
 import time
-import traceback
 
-from tests.xlstandin.domains import Dom, Fail
+from tests.xlstandin.domains import Dom, Fail, daemonize
 from tests.xlstandin.qmp import QMP, QMPFailure
 
 SHUTDOWN = "shutdown"  # domains/<uuid>/shutdown: the recorded reason
@@ -90,31 +89,7 @@ def spawn(dom: Dom, timeout: float = 15.0) -> None:
     file, no fd of the caller: whoever ran ``xl`` sees xl end) and wait until it
     listens, so no shutdown can go unrecorded."""
     (dom.dir / READY).unlink(missing_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setsid()
-            if os.fork():
-                os._exit(0)
-            log_dir = dom.env.root / "log"
-            log_dir.mkdir(exist_ok=True)
-            fd = os.open(log_dir / f"hv-{dom.domid}.log",
-                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.closerange(3, 65536)
-            code = _listen(dom)
-        except BaseException:  # noqa: BLE001 - a daemon reports and ends
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    os.waitpid(pid, 0)
+    daemonize(dom.env.root / "log" / f"hv-{dom.domid}.log", lambda: _listen(dom))
     deadline = time.monotonic() + timeout
     while not (dom.dir / READY).exists():
         if time.monotonic() > deadline or dom.pid() is None:

@@ -41,13 +41,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from tests.xlstandin import hypervisor
 from tests.xlstandin.cli import err, find_domain, make_domain, opts, xl_config
-from tests.xlstandin.domains import Dom, Env, Fail, _load, domains, kill
+from tests.xlstandin.domains import Dom, Env, Fail, _load, daemonize, domains, kill
 from tests.xlstandin.qmp import QMPFailure
 
 USERDATA_XL = "userdata-xl"  # /var/lib/xen/userdata-d.<domid>.<uuid>.xl
@@ -56,34 +55,9 @@ SUSPEND_SEEN = "suspend-seen"  # written by `xl save` once the guest suspended
 
 
 def spawn_monitor(env: Env, dom: Dom) -> None:
-    """Daemonize a monitor for ``dom`` (double fork, its own session, stdio on the log
-    file: it holds none of the caller's pipes, so whoever ran ``xl`` sees it end)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        os.waitpid(pid, 0)
-        return
-    code = 1
-    try:
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        log_dir = env.root / "log"
-        log_dir.mkdir(exist_ok=True)
-        fd = os.open(log_dir / f"xl-{dom.name}.log",
-                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.closerange(3, 65536)
-        code = watch(env, dom)
-    except BaseException:  # noqa: BLE001 - a daemon reports and ends
-        traceback.print_exc()
-    finally:
-        sys.stderr.flush()
-        os._exit(code)
+    """Daemonize a monitor for ``dom`` (its own session, stdio on its log file: it holds
+    none of the caller's pipes, so whoever ran ``xl`` sees it end)."""
+    daemonize(env.root / "log" / f"xl-{dom.name}.log", lambda: watch(env, dom))
 
 
 def _say(text: str) -> None:
