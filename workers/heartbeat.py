@@ -76,7 +76,11 @@ class Heartbeat:
     def start(self, stop: threading.Event) -> list[threading.Thread]:
         def inventory() -> None:
             while not stop.wait(self.inventory_s):
-                self.publish_once()
+                was_ok = self.healthy()
+                if self.publish_once() and not was_ok:
+                    # back from a failed listing (or Redis outage): alive again now,
+                    # not a liveness period later
+                    self.renew_once()
 
         def liveness() -> None:
             while not stop.is_set():

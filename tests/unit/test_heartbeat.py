@@ -109,3 +109,29 @@ def test_renewal_follows_the_model(listings: list[tuple[bool, float]], stall: fl
             beat._since = 0.0  # the next listing started at 0
         clock.t = age
         assert beat.renew_once() == (ok and age <= stall)
+
+
+def test_liveness_comes_back_with_the_first_listing_after_a_failure() -> None:
+    """After a failed listing (a Redis outage, say) the host is alive again as soon as a
+    listing succeeds, not one liveness period later (here the period is an hour)."""
+    results = iter([False, True])
+    published = threading.Event()
+
+    def publish() -> None:
+        ok = next(results, True)
+        if not ok:
+            raise DomsnapError("redis is away")
+        published.set()
+
+    renewed = threading.Event()
+    beat = Heartbeat(publish, renewed.set, interval_s=3600.0, stall_s=60.0, inventory_s=0.01)
+    assert not beat.publish_once()  # the listing at boot failed
+    stop = threading.Event()
+    threads = beat.start(stop)
+    try:
+        assert published.wait(10)
+        assert renewed.wait(10), "the key was not renewed after the listing came back"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
