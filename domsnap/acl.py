@@ -32,12 +32,13 @@ def acl_rules(prefix: str = "domsnap") -> dict[str, list[str]]:
     DOMSNAP_KEY_PREFIX; queue names (``domsnap.host.<host>``) do not take it."""
     p = prefix
     reader = ["resetkeys", "resetchannels", "-@all", *_CONNECT, "+@read", "-@dangerous",
-              f"%R~{p}:*"]
+              f"%R~{p}:*",
+              "+subscribe", "+unsubscribe", f"&{p}:job:*"]  # waiting on a job's notify
     submitter = [
         "resetkeys", "resetchannels", "-@all", *_CONNECT, *_SCRIPTS, "+@read", "-@dangerous",
         "+set", "+expire", "+hset", "+hdel", "+del", "+rpush", "+lpush", "+sadd",
         "+xadd", "+multi", "+exec", "+discard", "+watch", "+unwatch",
-        "+subscribe", "+unsubscribe", "+psubscribe", "+punsubscribe",
+        "+subscribe", "+unsubscribe", "+psubscribe", "+punsubscribe", "+publish",
         f"%R~{p}:*",
         f"~{p}:job:*",  # job records, their events and cancel flags
         f"~{p}:dom:*:reserved",  # snapshot name claims
@@ -46,6 +47,7 @@ def acl_rules(prefix: str = "domsnap") -> dict[str, list[str]]:
         "~domsnap.host.*",  # host queues (LPUSH by the broker client)
         *_CELERY_PRODUCER_KEYS,
         "&celery-task-meta-*",
+        f"&{p}:job:*",  # job notify channels: waiting, and a cancel's publish
     ]
     worker = ["resetkeys", "resetchannels", "+@all", "-@dangerous", "+info",
               "+client|setname", "+client|id",

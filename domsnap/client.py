@@ -361,24 +361,33 @@ class Client:
     # ------------------------------------------------------------ waiting
 
     def wait(self, job_id: str, *, timeout: float | None = None,
-             on_event: EventHandler | None = None, interval: float = 0.1) -> JobRecord:
-        """Block until the job ends; ``on_event`` sees each progress event once."""
+             on_event: EventHandler | None = None, interval: float = 0.1,
+             safety_s: float = 1.0) -> JobRecord:
+        """Block until the job ends; ``on_event`` sees each progress event once.
+
+        Woken by the job's notify channel (:mod:`domsnap.jobwatch`): the caller hears
+        of the end within a round trip. It re-reads at least every ``safety_s``
+        regardless, and where pub/sub is refused it polls every ``interval``.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         job_id = self.store.get_job(job_id, follow=True).job_id  # a repeated request id
         seen = 0
-        while True:
-            if on_event is not None:
-                events = self.store.events(job_id, seen)
-                for ev in events:
-                    on_event(ev)
-                seen += len(events)
-            job = self.store.get_job(job_id, follow=True)
-            if job.state in ("succeeded", "failed"):
+        with self.store.watch_job(job_id) as watch:  # subscribed before the first read
+            period = safety_s if watch.subscribed else interval
+            while True:
                 if on_event is not None:
-                    for ev in self.store.events(job_id, seen):
+                    events = self.store.events(job_id, seen)
+                    for ev in events:
                         on_event(ev)
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise OperationTimeout(f"job {job_id} still {job.state} after {timeout} s",
-                                       job_id=job_id)
-            time.sleep(interval)
+                    seen += len(events)
+                job = self.store.get_job(job_id, follow=True)
+                if job.state in ("succeeded", "failed"):
+                    if on_event is not None:
+                        for ev in self.store.events(job_id, seen):
+                            on_event(ev)
+                    return job
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise OperationTimeout(f"job {job_id} still {job.state} after {timeout} s",
+                                           job_id=job_id)
+                watch.wait(period if left is None else min(period, left))

@@ -61,6 +61,11 @@ class Keys:
     def job_events(self, job_id: str) -> str:
         return f"{self.prefix}:job:{{{job_id}}}:events"
 
+    def job_notify(self, job_id: str) -> str:
+        """pub/sub channel: a message after each event and each change of the job record
+        (:mod:`domsnap.jobwatch`); it carries no state."""
+        return f"{self.prefix}:job:{{{job_id}}}:notify"
+
     def job_cancel(self, job_id: str) -> str:
         """string: set when someone asked to cancel the job (the engine checks it)."""
         return f"{self.prefix}:job:{{{job_id}}}:cancel"

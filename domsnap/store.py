@@ -25,6 +25,7 @@ from domsnap.errors import (
     UnknownDomain,
     UnknownJob,
 )
+from domsnap.jobwatch import JobWatch
 from domsnap.keys import Keys
 from domsnap.snapindex import IndexReads
 from domsnap.storebase import _load, _translated
@@ -354,6 +355,7 @@ class Store(IndexReads):
                         return None
                     pipe.multi()
                     pipe.set(key, job.model_dump_json(), ex=self.job_ttl_s)
+                    pipe.publish(self.keys.job_notify(job_id), "job")
                     pipe.execute()
                     return job
                 except redis.WatchError:
@@ -439,8 +441,13 @@ class Store(IndexReads):
         with self.r.pipeline(transaction=False) as pipe:
             pipe.rpush(key, event.model_dump_json())
             pipe.expire(key, self.job_ttl_s)
+            pipe.publish(self.keys.job_notify(job_id), str(seq))
             pipe.execute()
         return event
+
+    def watch_job(self, job_id: str) -> JobWatch:
+        """Subscribe to the job's notify channel (before reading it: see jobwatch)."""
+        return JobWatch(self.r, self.keys.job_notify(job_id))
 
     @_translated
     def events(self, job_id: str, start: int = 0) -> list[JobEvent]:

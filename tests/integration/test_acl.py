@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import uuid as uuidlib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,7 +23,7 @@ from domsnap.errors import StoreUnavailable
 from domsnap.settings import Settings
 from domsnap.store import Store
 from schemas.config import DomainConfig
-from schemas.models import HostInventory, SnapshotRecord
+from schemas.models import HostInventory, JobRecord, SnapshotRecord
 from tests.integration.cluster import REDIS_URL, Cluster, succeeded, unique_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
@@ -111,6 +112,37 @@ def test_worker_and_submitter_run_a_create_end_to_end(cluster: Cluster, users: d
     # the worker's own user deletes it (and wrote everything the create needed)
     succeeded(submit, submit.delete(dom.name, "by-ctl"))
     assert reader.snapshots(dom.name) == []
+
+
+def test_waits_are_woken_through_the_acl(cluster: Cluster, users: dict[str, str],
+                                        acl_host: str) -> None:
+    """The worker's user publishes a job's notify; the submitter's and the reader's
+    users may subscribe to it. The waits' safety re-read is an hour: only the notify
+    can end them before their timeout."""
+    dom = cluster.create_domain(acl_host, unique_name("aclw"), guest=False, disks=1)
+    cluster.wait_inventory(dom)
+    submit = Client(Settings(redis_url=users["submitter"], key_prefix=cluster.prefix))
+    reader = Client(Settings(redis_url=users["reader"], key_prefix=cluster.prefix))
+    job_id = submit.create(dom.name, name="woken", disk_only=True)
+    with reader.store.watch_job(job_id) as w:
+        assert w.subscribed, "the reader may not subscribe to the job's notify channel"
+    steps: list[str] = []
+    job = submit.wait(job_id, timeout=120, safety_s=3600, on_event=lambda e: steps.append(e.step))
+    assert job.state == "succeeded", job.error
+    assert steps[-1] == "done"
+    assert reader.wait(job_id, timeout=10, safety_s=3600).state == "succeeded"
+    # failing a queued job (job-cancel) is the submitter's own write, and it publishes:
+    # a waiter on it wakes
+    store = Store.from_url(users["submitter"], prefix=cluster.prefix)
+    queued = str(uuidlib.uuid4())
+    assert store.create_job(JobRecord(job_id=queued, op="create", domain=dom.uuid,
+                                      host=acl_host, name="never", submitted_at=time.time()))
+    with reader.store.watch_job(queued) as w:
+        ended = store.fail_if_queued(queued, {"code": "cancelled", "message": "test",
+                                              "details": {}})
+        assert ended is not None and ended.state == "failed"
+        assert w.wait(10), "the reader's watch heard nothing of the submitter's write"
+    succeeded(submit, submit.delete(dom.name, "woken"))
 
 
 def test_reader_only_reads(cluster: Cluster, users: dict[str, str]) -> None:
