@@ -64,6 +64,8 @@ class Client:
                                              prefix=self.settings.key_prefix,
                                              job_ttl_s=self.settings.job_ttl_s)
         self._celery: Any = None
+        self._direct_client: Any = None
+        self._own_store = store is None  # its Redis is settings.redis_url's
 
     # ------------------------------------------------------------ reading
 
@@ -286,6 +288,25 @@ class Client:
             self._celery = make_app(self.settings)
         return self._celery
 
+    @property
+    def _direct(self) -> Any:
+        """The broker's Redis client when requests are written directly (a plain
+        ``redis://`` broker and ``enqueue = "direct"``), else None: Celery sends."""
+        if self._direct_client is None:
+            url = self.settings.broker_url or self.settings.redis_url
+            from domsnap.enqueue import direct_ok
+
+            if self.settings.enqueue != "direct" or not direct_ok(url):
+                return None
+            if url == self.settings.redis_url and self._own_store:
+                self._direct_client = self.store.r
+            else:
+                import redis
+
+                self._direct_client = redis.Redis.from_url(url, socket_timeout=10,
+                                                           socket_connect_timeout=5)
+        return self._direct_client
+
     def _check_unlocked(self, info: DomainInfo) -> None:
         owner = self.store.lock_owner(info.uuid)
         if owner:
@@ -295,12 +316,16 @@ class Client:
     def _enqueue(self, req: CreateRequest | RevertRequest | DeleteRequest) -> str:
         from workers.routing import ENTRY_TASKS, host_queue
 
-        app = self._app()
-
+        task, queue = ENTRY_TASKS[req.op], host_queue(req.host)
+        args = [req.model_dump(mode="json")]
         self.store.create_job(JobRecord.queued(req, time.time()))
         try:
-            app.send_task(ENTRY_TASKS[req.op], args=[req.model_dump(mode="json")],
-                          queue=host_queue(req.host), task_id=req.job_id)
+            if self._direct is not None:  # a redis:// broker: no Celery (domsnap.enqueue)
+                from domsnap import enqueue
+
+                enqueue.push(self._direct, queue, enqueue.envelope(task, req.job_id, args, queue))
+            else:
+                self._app().send_task(task, args=args, queue=queue, task_id=req.job_id)
         except Exception as exc:  # the broker boundary: kombu/redis/amqp errors
             self.store.update_job(req.job_id, state="failed", error={
                 "code": "backend", "message": f"could not enqueue: {exc}", "details": {}})

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     broker_url: str = ""  # empty: same as redis_url
     result_backend_url: str = ""  # empty: same as redis_url
     key_prefix: str = "domsnap"
+    # how the client puts create/revert/delete requests on a host's queue: "direct"
+    # (on a plain redis:// broker: one LPUSH of Celery's own envelope, without loading
+    # Celery; domsnap/enqueue.py) or "celery" (send_task); other brokers always use Celery
+    enqueue: Literal["direct", "celery"] = "direct"
 
     state_dir: Path = Field(default_factory=_default_state_dir)
     run_dir: Path = Field(default_factory=default_run_dir)

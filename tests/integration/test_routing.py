@@ -56,3 +56,24 @@ def test_a_host_consumes_only_its_own_queues(cluster: Cluster, h1: str, h2: str)
     assert job.state == "failed" and job.error is not None
     assert f"reached host {h1}" in job.error.message
     assert client.snapshots("stray") == []
+
+
+@pytest.mark.parametrize("how", ["direct", "celery"])
+def test_both_ways_of_enqueueing_reach_the_worker(cluster: Cluster, h1: str, how: str) -> None:
+    """The client's direct LPUSH (domsnap/enqueue.py, the default on a redis:// broker)
+    and Celery's send_task put the same message on the queue: a real worker runs a
+    create, a revert and a delete sent each way, and takes them from the host queue."""
+    from workers.routing import host_queue
+
+    dom = cluster.create_domain(h1, f"enq-{how}-{cluster.suffix}", guest=False, disks=1)
+    cluster.wait_inventory(dom)
+    client = cluster.client(enqueue=how)
+    assert (client._direct is not None) == (how == "direct")
+    job = client.wait(client.create(dom.name, name="e1", disk_only=True), timeout=120)
+    assert job.state == "succeeded", job.error
+    job = client.wait(client.revert(dom.name, "e1"), timeout=120)
+    assert job.state == "succeeded", job.error
+    job = client.wait(client.delete(dom.name, "e1"), timeout=120)
+    assert job.state == "succeeded", job.error
+    assert client.snapshots(dom.name) == []
+    assert client.store.r.llen(host_queue(h1)) == 0  # nothing left behind
