@@ -31,6 +31,17 @@ def machine(note: str = "at the start") -> str:
             f"{note}, Python {platform.python_version()}")
 
 
+def cli_env(env: dict[str, str], tmp: str | Path) -> dict[str, str]:
+    """The environment of a timed ``python -m domsnap`` run: bytecode as an installed
+    package has it (pip compiles at install), compiled once by a warm-up run into a
+    cache under ``tmp``, kept out of the source tree. PYTHONDONTWRITEBYTECODE (set by
+    scripts/test.sh) would have every run compile every module again: about 0.7 s of
+    CPU on this machine, which an earlier bench.hops run counted as the CLI's."""
+    out = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    out["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pyc")
+    return out
+
+
 def load_now() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.1f} / {five:.1f}"

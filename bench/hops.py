@@ -11,9 +11,13 @@ bench/memory_save.py); each round takes three snapshots, interleaved:
    own timestamps: ``submitted_at``, the ``admitted`` event (end of admission on the
    host), the ``capture`` event (the continuation step has started), the ``resumed``
    event (its data: pause, memory save, fsync, disk transaction), ``finished_at`` (the
-   commit is in Redis), and the moment ``wait`` returned (event delivery: it polls);
+   commit is in Redis), and the moment ``wait`` returned (event delivery: the job's
+   notify channel wakes it);
 3. direct: resolve, validation, the job record, admission (:func:`admit`) and the live
-   step (:func:`workers.engine.create.run_live`) called in this process, no queue.
+   step (:func:`workers.engine.create.run_live`) called in this process, no queue;
+4. before: the CLI and the client as they were before issue 11's submit and wait
+   changes: the request sent by Celery's ``send_task`` (``DOMSNAP_ENQUEUE=celery``)
+   and, for the client, the wait polling every 100 ms.
 
 The results replace the "Where the wall time of a create goes" section of
 docs/benchmarks.md, keeping earlier runs' figures.
@@ -32,7 +36,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from bench.harness import NOISE, load_now, machine
+from bench.harness import NOISE, cli_env, load_now, machine
 from bench.history import write_with_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +53,12 @@ ROWS = ["CLI: whole command (new process)", "CLI: start-up (`snapshot-create --h
         "client: whole create (create + wait)",
         "direct: resolve", "direct: validation", "direct: name claim + job record",
         "direct: admission", "direct: live step (capture + commit + end)",
-        "direct: whole create (one process, no queue)"]
+        "direct: whole create (one process, no queue)",
+        # the same, the way it was done before (interleaved in the same rounds)
+        "before: CLI whole command, request sent by Celery (`DOMSNAP_ENQUEUE=celery`)",
+        "before: CLI whole command by Celery, CPU time",
+        "before: event delivery, polling every 100 ms (finished → wait returns)",
+        "before: client whole create, Celery send_task + polling"]
 
 
 def _ms(a: float, b: float) -> float:
@@ -110,6 +119,22 @@ def direct(client: Any, host: Any, dom: str, name: str) -> dict[str, float]:
             ROWS[17]: _ms(t3, t4), ROWS[18]: _ms(t4, t5), ROWS[19]: _ms(t0, t5)}
 
 
+def polling_celery_client(cluster: Any) -> Any:
+    """A client that submits the way domsnap did before (Celery's send_task) and waits
+    by polling every 100 ms (its job watch is refused pub/sub, as by an old ACL)."""
+    import redis
+
+    from domsnap.jobwatch import JobWatch
+
+    class _NoPubSub:
+        def pubsub(self, **kw: Any) -> Any:
+            raise redis.exceptions.NoPermissionError("bench: polling, as before")
+
+    c = cluster.client(enqueue="celery")
+    c.store.watch_job = lambda job_id: JobWatch(_NoPubSub(), c.store.keys.job_notify(job_id))
+    return c
+
+
 def cli(env: dict[str, str], *args: str) -> tuple[float, float]:
     """(wall ms, CPU ms) of one CLI command: under load the wall is mostly waiting
     for a core, the CPU time (user + system of the process) is what it costs."""
@@ -149,13 +174,15 @@ def main(argv: list[str] | None = None) -> int:
                                         memory=memory)
             cluster.wait_inventory(dom)
             client = cluster.client()
+            before = polling_celery_client(cluster)
             host = build_host(Settings(
                 redis_url=h.env["DOMSNAP_REDIS_URL"], key_prefix=cluster.prefix, host=h.name,
                 state_dir=h.state_dir, snapshot_roots=[h.images], driver="qemu"))
-            env = {**h.env, "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pyc")}
+            env = cli_env(h.env, tmp)
             cli(env, "snapshot-create", "--help")  # bytecode compiled once
             # warm: the client's Celery app, the pools' first task, this process's imports
             through_client(client, dom.name, "warm-client")
+            through_client(before, dom.name, "warm-before")
             direct(client, host, dom.name, "warm-direct")
             for i in range(runs):
                 loads.append(load_now())
@@ -169,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
                     samples[k].append(v)
                 for k, v in direct(client, host, dom.name, f"dir{i}").items():
                     samples[k].append(v)
+                wall, cpu = cli({**env, "DOMSNAP_ENQUEUE": "celery"}, "snapshot-create", "-n",
+                                f"clc{i}", dom.name)
+                samples[ROWS[20]].append(wall)
+                samples[ROWS[21]].append(cpu)
+                old_way = through_client(before, dom.name, f"old{i}")
+                samples[ROWS[22]].append(old_way[ROWS[12]])
+                samples[ROWS[23]].append(old_way[ROWS[13]])
         finally:
             for name in list(cluster.hosts):
                 cluster.stop_worker(name)
@@ -201,15 +235,29 @@ def report(samples: dict[str, list[float]], runs: int, memory: int, quick: bool,
         v = samples[k]
         lines.append(f"| {k} | {med[k]:.1f} | {min(v):.1f} | {max(v):.1f} |")
     queue = client_total - direct_total
-    lines += ["", f"The queue (two Celery hops, the client's polling) adds **{queue:.0f} ms** "
-              f"to a create: {client_total:.0f} ms through the client against "
+    lines += ["", f"The queue (two Celery hops and the wait for the end) adds **{queue:.0f} "
+              f"ms** to a create: {client_total:.0f} ms through the client against "
               f"{direct_total:.0f} ms called directly ({client_total / direct_total:.2f}x). "
-              "The CLI adds its start-up on top."]
+              "The CLI adds its start-up on top.", "",
+              "Against the way requests were sent and waited for before (rows `before:`, "
+              "interleaved in the same rounds): the CLI's create "
+              f"{med[ROWS[0]]:.0f} ms against {med[ROWS[20]]:.0f} ms "
+              f"(**{med[ROWS[0]] / med[ROWS[20]]:.2f}x**; CPU {med[ROWS[2]]:.0f} against "
+              f"{med[ROWS[21]]:.0f} ms, {med[ROWS[2]] / med[ROWS[21]]:.2f}x), the client's "
+              f"{client_total:.0f} against {med[ROWS[23]]:.0f} ms "
+              f"({client_total / med[ROWS[23]]:.2f}x), the event delivery {med[ROWS[12]]:.1f} "
+              f"against {med[ROWS[22]]:.1f} ms. Now a request on a redis:// broker is one "
+              "LPUSH of Celery's envelope (`domsnap/enqueue.py`: no Celery import, no "
+              "producer set-up) and the waiter is woken by the job's notify channel "
+              "(`domsnap/jobwatch.py`) instead of polling."]
     summary = (f"{time.strftime('%Y-%m-%d')}, {memory} MiB guest: CLI {med[ROWS[0]]:.0f} ms "
                f"({med[ROWS[2]]:.0f} ms CPU), "
                f"client {client_total:.0f} ms, direct {direct_total:.0f} ms (queue adds "
                f"{queue:.0f} ms); capture {med[ROWS[7]]:.0f} ms, pause {med[ROWS[8]]:.0f} ms, "
-               f"fsync {med[ROWS[10]]:.0f} ms, event delivery {med[ROWS[12]]:.0f} ms")
+               f"fsync {med[ROWS[10]]:.0f} ms, event delivery {med[ROWS[12]]:.0f} ms; "
+               f"before (Celery send + polling): CLI {med[ROWS[20]]:.0f} ms "
+               f"({med[ROWS[21]]:.0f} ms CPU), client {med[ROWS[23]]:.0f} ms, event delivery "
+               f"{med[ROWS[22]]:.0f} ms")
     return lines, summary
 
 
