@@ -192,7 +192,11 @@ def run(settings: Settings) -> int:
         except Exception as exc:  # noqa: BLE001 - the guard must outlive any one failure
             log.error("guard round failed: %s: %s", type(exc).__name__, exc)
             left = 1
-        if not left and not guard.pending and not supervisor_alive(host):
+        # a window whose worker died a moment ago may still be locked by one of its
+        # children: not orphaned yet, but the guard is the one to restore it (CI saw
+        # the guard exit in that moment and the domain stay down until a restart)
+        if (not left and not guard.pending and not supervisor_alive(host)
+                and not host.driver.windows_open()):
             log.info("no worker and nothing to guard: exiting")
             return 0
         time.sleep(settings.guard_interval_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid as uuidlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,8 +31,17 @@ def _job(job_id: str, uuid: str) -> JobRecord:
 
 
 @pytest.fixture
-def store(cluster: Cluster) -> Store:
-    return Store.from_url(REDIS_URL, prefix=f"{cluster.prefix}:fence", job_ttl_s=600)
+def store(cluster: Cluster) -> Iterator[Store]:
+    """A store under a prefix of its own, emptied afterwards: its 60 s leases would
+    otherwise expire during a later test of the session, whose "nothing in Redis
+    changed" checks (test_bad_messages) read every key of the session's prefix."""
+    st = Store.from_url(REDIS_URL, prefix=f"{cluster.prefix}:fence", job_ttl_s=600)
+    try:
+        yield st
+    finally:
+        keys = list(st.r.scan_iter(f"{cluster.prefix}:fence:*", count=1000))
+        if keys:
+            st.r.delete(*keys)
 
 
 def test_a_holder_whose_lease_ran_out_cannot_commit(store: Store) -> None:

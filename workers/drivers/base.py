@@ -124,6 +124,12 @@ class Driver(abc.ABC):
         Only Xen's save/restore fallback has such windows: elsewhere nothing to do."""
         return 0
 
+    def windows_open(self) -> int:
+        """How many such windows exist now, settled or not (open, or left by a dead
+        worker): the guard does not exit while one does, since the worker that held it
+        may have died a moment ago with a child still holding its lock."""
+        return 0
+
     def watch_shutdowns(self, *, busy: Callable[[str], bool]) -> list[dict[str, Any]]:
         """Act on the shutdowns of domains whose toolstack monitor is gone, as it would
         have (Xen: ``xl create``'s monitor exits at the first suspend, so after a memory

@@ -236,6 +236,9 @@ class XlDriver(Driver):
             blocking=blocking, running=lambda u: self._lookup(u) is not None, restore=restore,
             wait=lambda f: wait_for_saves(self.binary, file=f, timeout=self.timeout))
 
+    def windows_open(self) -> int:
+        return self.windows.count()
+
     def monitor_lost(self, uuid: str, domid: int, cause: str) -> bool:
         """Call before anything suspends instance ``domid`` (``xl save``, ``xl migrate``):
         its ``xl create`` monitor exits at the suspend, so domsnap acts on its shutdowns

@@ -78,6 +78,10 @@ class WindowMarks:
     def path(self, uuid: str) -> Path:
         return self.root / f"{uuid}.json"
 
+    def count(self) -> int:
+        """Marks present: windows open now or left by a dead worker."""
+        return len(list(self.root.glob("*.json"))) if self.root.is_dir() else 0
+
     @contextmanager
     def held(self, uuid: str, *, file: Path, paused: bool, keep: bool) -> Iterator[Mark]:
         """The mark of a window opened now, held (locked) until the block ends; it is
