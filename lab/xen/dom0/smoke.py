@@ -255,6 +255,10 @@ class Smoke:
         data.update({"pause_ms": rec.pause_ms, "memory_save_ms": rec.memory_save_ms,
                      "memory_bytes": rec.memory_bytes, "memory_file": rec.memory_file,
                      "disks": [d.model_dump() for d in rec.disks],
+                     "memory_strategy": rec.memory_strategy,
+                     "memory_fallback": rec.memory_fallback,
+                     "memory_rounds": rec.memory_rounds,
+                     "memory_page_records": rec.memory_page_records,
                      "tick_before": before[-1][0] if before else None})
         after = ticks()
         data["tick_after"] = after[-1][0] if after else None
@@ -263,6 +267,12 @@ class Smoke:
             raise StepFailed(f"after the create the domain is {state}", data)
         self.facts.setdefault("snapshots", {})[name] = data
         pause = "" if rec.pause_ms is None else f", pause {rec.pause_ms / 1000:.1f}s"
+        if rec.memory_file is not None:
+            if rec.memory_strategy is None:
+                raise StepFailed("a memory snapshot without its memory strategy recorded", data)
+            pause += (f", memory {rec.memory_strategy}"
+                      + (f" ({rec.memory_rounds} rounds)" if rec.memory_rounds else "")
+                      + (f", fallback: {rec.memory_fallback}" if rec.memory_fallback else ""))
         return f"{job.op} ok in {data.get('worker_s')}s on the worker{pause}; domain {state}", data
 
     def listing(self, want: tuple[str, ...] = ("s-disk", "s-ext", "s-mem"),
