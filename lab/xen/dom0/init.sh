@@ -87,7 +87,7 @@ if has_suite lvm-direct; then
     python /lab/in/lvm_direct.py --out "$OUT" --guest /lab/in/guest || rc=$?
     echo "LAB-LVM-DIRECT-EXIT $rc"
 fi
-if ! has_suite smoke && ! has_suite lvm; then
+if ! has_suite smoke && ! has_suite lvm && ! has_suite faults; then
     echo "LAB-SMOKE-EXIT $rc"
     exit 0
 fi
@@ -113,6 +113,7 @@ phase worker-spawned
 
 suites=()
 has_suite smoke && suites+=(--suite smoke)
+has_suite faults && suites+=(--suite faults)
 has_suite lvm && suites+=(--suite lvm)
 python /lab/in/smoke.py --out "$OUT" --guest /lab/in/guest --worker-log "$OUT/worker.log" \
     "${suites[@]}" || rc=$?

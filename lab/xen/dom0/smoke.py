@@ -356,6 +356,12 @@ class Smoke:
             ("worker-up", self.worker_up)]
         if "smoke" in suites:
             plan += self.smoke_plan()
+        if "faults" in suites:  # on the smoke cycle's domain
+            from faultsteps import FaultSteps
+
+            if "smoke" not in suites:
+                plan.append(("domu-create", self.domu_create))
+            plan += FaultSteps(self).plan()
         if "lvm" in suites:
             plan += self.lvm_plan()
         return self.run_plan(plan)
@@ -418,7 +424,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--guest", type=Path, required=True)
     ap.add_argument("--worker-log", type=Path, required=True)
-    ap.add_argument("--suite", action="append", choices=["smoke", "lvm"],
+    ap.add_argument("--suite", action="append", choices=["smoke", "faults", "lvm"],
                     help="which cycles to run (repeatable; default smoke)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -426,5 +432,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.modules.setdefault("smoke", sys.modules["__main__"])  # lvmsteps imports this module
+    sys.modules.setdefault("smoke", sys.modules["__main__"])  # lvmsteps, faultsteps import it
     sys.exit(main())
