@@ -62,6 +62,18 @@ def _xl_save_pids() -> list[int]:
     return pids
 
 
+def _gone(pid: int, timeout: float) -> bool:
+    """Wait until process ``pid`` no longer exists; False after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 class FaultSteps:
     def __init__(self, sm: smoke.Smoke) -> None:
         self.sm = sm
@@ -87,27 +99,15 @@ class FaultSteps:
         if pgid == os.getpgid(0):
             raise StepFailed(f"the worker {pid} shares this process's group: not killing it")
         os.killpg(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
+        _gone(pid, 30)
         return {"killed_pid": pid, "killed_pgid": pgid}
 
     def _stop_worker(self) -> None:
         """A clean stop (SIGTERM: Celery's warm shutdown), waited for."""
         pid = self._worker_pid()
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
-        raise StepFailed(f"the worker {pid} did not stop within 300 s of SIGTERM")
+        if not _gone(pid, 300):
+            raise StepFailed(f"the worker {pid} did not stop within 300 s of SIGTERM")
 
     def _start_worker(self, **env: str) -> Path:
         """A new worker (as init.sh starts one), its log in a file of its own; waits
