@@ -63,12 +63,19 @@ def _xl_save_pids() -> list[int]:
 
 
 def _gone(pid: int, timeout: float) -> bool:
-    """Wait until process ``pid`` no longer exists; False after ``timeout``."""
+    """Wait until process ``pid`` has exited (a zombie counts: a worker this process
+    started is reaped here; one init.sh started, by its shell); False after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not our child
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
             return True
         time.sleep(0.1)
     return False
