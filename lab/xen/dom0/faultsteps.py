@@ -178,10 +178,13 @@ class FaultSteps:
         names = [s.name for s in self.sm.client.snapshots(smoke.DOMAIN)]
         if name in names:
             raise StepFailed(f"{name} is listed after its create failed", data)
-        for image in sorted(IMAGES.glob(f"{smoke.DOMAIN}-*.qcow2")):
-            if name in _internal_snapshots(image):
-                raise StepFailed(f"{image.name} still holds an internal snapshot {name}", data)
         uuid = self.sm.facts.get("domu_uuid", "")
+        images = sorted(IMAGES.glob(f"{smoke.DOMAIN}-*.qcow2"))
+        images += sorted((SNAPSHOT_DIR / uuid).glob("*.qcow2")) if uuid else []
+        data["images_checked"] = [str(i) for i in images]
+        for image in images:  # wherever the active images are now (overlays or bases)
+            if name in _internal_snapshots(image):
+                raise StepFailed(f"{image} still holds an internal snapshot {name}", data)
         left = sorted(str(p) for p in (SNAPSHOT_DIR / uuid).glob(f"{name}*")) if uuid else []
         if left:
             raise StepFailed(f"files of {name} are left: {left}", data)
