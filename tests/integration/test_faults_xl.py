@@ -257,6 +257,49 @@ def _suspended_by_save(dom: Domain, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def _xl_save_pids(h: HostHandle, file: str) -> list[int]:
+    """The stand-in ``xl save`` processes writing ``file``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(a.endswith("xlstandin/xl") for a in argv) and "save" in argv and file in argv:
+            pids.append(int(d.name))
+    return pids
+
+
+def test_xl_save_killed_while_the_worker_lives_resumes_the_domain(
+        cluster: Cluster, xh: HostHandle) -> None:
+    """SIGKILL ``xl save -p`` itself mid-write, the worker alive (found in the nested Xen
+    lab: the domain stayed ``---ss-``, which no xl verb resumes, for good). The step
+    resumes the suspended domain, the create fails and is rolled back, nothing is left."""
+    dom = _mixed(cluster, xh, "xkill", stub=False)
+    (xh.xen / "domains" / dom.uuid / "slow-save").write_text("6\n")
+    client = cluster.client()
+    job = client.create(dom.name, name="cut2", type="external")
+    _suspended_by_save(dom)
+    memory = str(xh.snapshots / dom.uuid / "cut2.save")
+    deadline = time.monotonic() + 60
+    while not (pids := _xl_save_pids(xh, memory)):
+        assert time.monotonic() < deadline, "no xl save process found"
+        time.sleep(0.05)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    rec = ended(client, job)
+    assert rec.state == "failed" and rec.error is not None
+    row = dom.host.xl("list", dom.name).stdout.splitlines()[-1].split()
+    assert "s" not in row[4] and "p" not in row[4], row  # not ---ss-, not paused
+    assert dom.state() == "running"
+    (xh.xen / "domains" / dom.uuid / "slow-save").unlink()
+    _holds(dom, BEFORE)
+    assert client.snapshots(dom.name) == []
+    assert not Path(memory).exists()
+    no_leftovers(xh, dom, client)
+    ok(client, client.create(dom.name, name="next2", type="external"))  # and it goes on
+
+
 def test_worker_killed_during_xl_save_leaves_the_save_to_finish(
         cluster: Cluster, xh: HostHandle) -> None:
     """SIGKILL the worker while ``xl save -p`` writes the guest's memory (the guest is

@@ -379,7 +379,13 @@ class XlDriver(Driver):
         fsync_path(file)
 
     def _resume_after_failed_save(self, uuid: str, was_running: bool) -> None:
-        """Put the domain back in the run state it had (libxl may leave it paused)."""
+        """Put the domain back in the run state it had: libxl may leave it paused, and
+        an ``xl save`` killed after the suspend leaves it suspended (``---ss-``, which
+        no xl verb resumes; seen in the nested Xen lab), resumed as recovery does."""
+        try:
+            self.resume_suspended(uuid)
+        except DomsnapError as exc:
+            log.error("domain %s: resuming it after a failed save failed: %s", uuid, exc)
         try:
             found = self._lookup(uuid)
             if found is None:
