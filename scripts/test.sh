@@ -66,10 +66,11 @@ run_suite lint bash -c '.venv/bin/ruff check domsnap workers tasks schemas tests
 run_suite unit .venv/bin/pytest -q -p no:cacheprovider tests/unit
 # issue 9: the nested Xen lab (lab/xen/README.md): a real Xen 4.17 dom0 under QEMU/TCG,
 # built from Debian packages (cached under .cache/lab), domsnap's worker and client in
-# dom0 against the real xl: the smoke cycle (memory snapshots live) and the LVM suite.
+# dom0 against the real xl: the smoke cycle (memory snapshots live), the faults (worker
+# killed mid live create, xl save killed mid-write) and the LVM suite.
 # Alone, before the lanes: nested TCG needs both cores (libxl's compiled-in device-
 # model and hotplug timeouts trip on a loaded host). Cold ~5 min here, warm ~3.
-run_suite xen-lab env LAB_SUITE=smoke,lvm LAB_TIMEOUT=1500 \
+run_suite xen-lab env LAB_SUITE=smoke,faults,lvm LAB_TIMEOUT=1500 \
     timeout --kill-after=30 1800 bash lab/xen/run.sh
 # issue 7's reliability suites (model-based test, faults, bad input through the queue,
 # formats, fsck, limits) and issue 10's scheduled backups run as suites of their own,
