@@ -54,11 +54,7 @@ def dom(cluster: Cluster, host: HostHandle) -> Domain:
                               start=False)
     cluster.wait_inventory(d)
     succeeded(cluster.client(), cluster.client().create(d.name, name="base", disk_only=True))
-    # a job is published as ended before its worker drops the journal (the last thing it
-    # does, so a death in between leaves a trace): wait for that, or "nothing changed"
-    # below would see the worker finish this job
-    journal = host.state_dir / "journal"
-    wait_until(lambda: not list(journal.glob("*.json")), "the base create's journal gone")
+    settle(cluster, host)
     return d
 
 
@@ -91,6 +87,24 @@ def records(cluster: Cluster) -> dict[str, Any]:
 def files(h: HostHandle) -> set[str]:
     return {str(p) for p in h.root.rglob("*") if p.is_file() and ".log" not in p.name
             and "locks" not in p.parts}
+
+
+def settle(cluster: Cluster, h: HostHandle) -> None:
+    """Wait until the worker is done with the jobs it ended. A waiter hears of a job's
+    end at the final write of its record (the notify); the worker then counts it in the
+    metrics and drops its journal (the last thing it does, so a death in between leaves
+    a trace), and the step's late ack follows. A "nothing changed" check that starts
+    before those would see them, and a stop before the ack hands the (good, idempotent)
+    message back."""
+    journal = h.state_dir / "journal"
+    wait_until(lambda: not list(journal.glob("*.json")) and queued_for(cluster, h) == [],
+               "the ended jobs' journals gone and their messages acked")
+
+
+def state_of(cluster: Cluster, h: HostHandle) -> tuple[dict[str, Any], set[str]]:
+    """What a "nothing changed" check compares, taken once the host has settled."""
+    settle(cluster, h)
+    return records(cluster), files(h)
 
 
 def queued_for(cluster: Cluster, h: HostHandle) -> list[str]:
@@ -162,7 +176,7 @@ def test_no_message_stops_the_worker_or_comes_back(cluster: Cluster, host: HostH
                                                    dom: Domain) -> None:
     """issue 7: one message that was not a JSON object killed the worker, and was put
     back at shutdown, so the worker died again at every restart."""
-    before = (records(cluster), files(host))
+    before = state_of(cluster, host)
     for send in _bad_messages(cluster, host, dom):
         seen = log_of(host).count("rejected message")
         send()
@@ -174,10 +188,7 @@ def test_no_message_stops_the_worker_or_comes_back(cluster: Cluster, host: HostH
     # the worker still works, and after a restart nothing comes back
     succeeded(cluster.client(), cluster.client().create(dom.name, name="after-bad",
                                                          disk_only=True))
-    # the waiter hears of the end the moment the job record says so (its notify); the
-    # step's late ack comes a moment later, and a stop in between hands that (good,
-    # idempotent) message back: wait for the acks before stopping
-    wait_until(lambda: queued_for(cluster, host) == [], "the after-bad steps acked")
+    settle(cluster, host)
     cluster.stop_worker(host.name)
     assert queued_for(cluster, host) == []
     rejected = log_of(host).count("rejected message")
@@ -268,7 +279,7 @@ def test_an_internal_step_from_outside_does_nothing(cluster: Cluster, host: Host
     disk = {"vdev": vdev, "path": str(image), "format": "qcow2",
             "type": "external", "backend": None, "strategy": "qemu-img", "target": str(target)}
     done = succeeded(client, client.create(dom.name, name="real", disk_only=True))
-    before = (records(cluster), files(host))
+    before = state_of(cluster, host)
     app = make_app(cluster.settings())
     seen = log_of(host).count("internal step")
     app.send_task(TASK_DISK, args=[body, disk], queue=host_queue(host.name))
@@ -293,7 +304,7 @@ def test_an_internal_step_from_outside_does_nothing(cluster: Cluster, host: Host
 
 def test_a_memory_file_name_too_long_is_refused_up_front(cluster: Cluster, host: HostHandle,
                                                          dom: Domain) -> None:
-    before = (records(cluster), files(host))
+    before = state_of(cluster, host)
     with pytest.raises(InvalidInput) as info:
         cluster.client().create(dom.name, name="long", memory_file=str(
             host.snapshots / ("m" * 300)))
@@ -355,7 +366,7 @@ def test_generated_bad_bodies_through_the_real_queue(cluster: Cluster, host: Hos
         body = {k: (host.name if v == "HOST" else dom.uuid
                     if v == "00000000-0000-4000-8000-000000000000" else v)
                 for k, v in body.items()}
-    before = (records(cluster), files(host))
+    before = state_of(cluster, host)
     out = _handled(cluster, host, _send_entry(host, cluster, body, op=op))
     assert host.proc is not None and host.proc.poll() is None
     if out is not None:  # the task ran: refused at validation, the error names the field
