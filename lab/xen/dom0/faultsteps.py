@@ -194,6 +194,18 @@ class FaultSteps:
         data["state_after"] = state
         return data
 
+    def _came_back(self, job_id: str, name: str, data: dict[str, Any], *, restart: bool
+                   ) -> tuple[str, float, str]:
+        """After a fault: the domain runs again (with no worker yet, if ``restart``: a
+        new one is started after), and the create was rolled back. Fills ``data``;
+        returns (state, seconds until it ran, the job's error message)."""
+        state, secs = self._wait_running(300)
+        data["running_again_s"] = round(secs, 1)
+        if restart:
+            self._start_worker()
+        data.update(self._rolled_back(job_id, name))
+        return state, secs, (data.get("error") or {}).get("message", "")
+
     # ------------------------------------------------------------ the faults
 
     def killed_mid_live(self) -> tuple[str, dict[str, Any]]:
@@ -201,11 +213,7 @@ class FaultSteps:
         self._wait_event(job_id, "memory")
         time.sleep(1.0)  # into the copy (128 MiB live took ~14 s here)
         data = self._kill_worker()
-        state, secs = self._wait_running(300)
-        data["running_again_s"] = round(secs, 1)
-        self._start_worker()
-        data.update(self._rolled_back(job_id, "f-live"))
-        msg = (data.get("error") or {}).get("message", "")
+        state, secs, msg = self._came_back(job_id, "f-live", data, restart=True)
         return (f"worker killed in the live copy; domain {state} again {secs:.1f}s later "
                 f"without a worker; the new worker's recovery: job failed ({msg})", data)
 
@@ -226,10 +234,7 @@ class FaultSteps:
             os.kill(pid, signal.SIGKILL)
         data: dict[str, Any] = {"killed_xl_save": pids,
                                 "xl_list_after_kill": smoke.xl("list", smoke.DOMAIN).stdout}
-        state, secs = self._wait_running(300)
-        data["running_again_s"] = round(secs, 1)
-        data.update(self._rolled_back(job_id, "f-save"))
-        msg = (data.get("error") or {}).get("message", "")
+        state, secs, msg = self._came_back(job_id, "f-save", data, restart=False)
         return (f"xl save {pids} killed mid-write; domain {state} again {secs:.1f}s later; "
                 f"job failed ({msg})", data)
 
