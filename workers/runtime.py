@@ -146,9 +146,15 @@ def run(settings: Settings, *, loglevel: str = "INFO") -> int:
     guard = start_guard(settings)
 
     def _repair() -> None:
+        t0 = time.monotonic()
         host.store.ping()
         reconcile(host)
+        log.info("start-up repair: sidecars and Redis reconciled in %.1f s",
+                 time.monotonic() - t0)
+        t1 = time.monotonic()
         recover(host)
+        log.info("start-up repair: recovery done in %.1f s; starting the pools",
+                 time.monotonic() - t1)
 
     if not _retrying("start-up repair", _repair, stop):
         return 0

@@ -25,6 +25,9 @@ from schemas.models import JobRecord
 from tests.vm.guest import ensure_guest, wait_for_tick
 
 REPO = Path(__file__).resolve().parents[2]
+# A worker is alive once its start-up repair is done: that can be a whole recovery (a
+# domain stopped and restored under TCG), on a host where the other lane runs guests too
+START_S = 180
 REDIS_URL = os.environ.get("DOMSNAP_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 DOMSNAP = [sys.executable, "-c", "from domsnap.cli import main; main()"]
 
@@ -228,6 +231,9 @@ class Cluster:
         self.suffix = suffix  # host names and the key prefix are unique per session
         self.prefix = f"dstest-{suffix}"
         self.hosts: dict[str, HostHandle] = {}
+        self.domains: list[Domain] = []  # every domain created, in order (see retire)
+        self.first_started: list[str] = []  # hosts, in the order of their first start
+        self.keep: set[str] = set()  # the session's hosts: never stopped before its end
         self.redis = redis.Redis.from_url(REDIS_URL, decode_responses=True)
 
     def env_for(self, host: str, **extra: str) -> dict[str, str]:
@@ -279,6 +285,8 @@ class Cluster:
     def start_worker(self, name: str, *, concurrency: int = 2, inflight: int = 2,
                      driver: str = "qemu", **extra: str) -> HostHandle:
         h = self.host(name, driver=driver, **extra)
+        if name not in self.first_started:
+            self.first_started.append(name)
         h.log = self.base / f"worker-{name}.log"
         fh = open(h.log, "ab")  # noqa: SIM115 - lives as long as the worker
         h.proc = subprocess.Popen(
@@ -286,10 +294,15 @@ class Cluster:
              "--inflight-concurrency", str(inflight)],
             env=h.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         client = self.client()
-        deadline = time.monotonic() + 60
+        started = time.monotonic()
         while not client.store.host_alive(name):
-            if h.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"worker {name} did not come up:\n{h.log.read_text()}")
+            rc = h.proc.poll()
+            if rc is not None or time.monotonic() > started + START_S:
+                why = (f"it exited with {rc}" if rc is not None else
+                       f"not alive after {START_S} s")
+                tail = "\n".join(h.log.read_text(errors="replace").splitlines()[-80:])
+                raise AssertionError(f"worker {name} did not come up ({why}); the end of "
+                                     f"its log:\n{tail}")
             time.sleep(0.2)
         self._wait_consuming(h)
         return h
@@ -304,17 +317,25 @@ class Cluster:
             time.sleep(0.2)
 
     def stop_worker(self, name: str) -> None:
-        h = self.hosts[name]
-        if h.proc is None:
-            return
-        if h.proc.poll() is None:
-            os.killpg(h.proc.pid, signal.SIGTERM)
+        self.stop_workers([name])
+
+    def stop_workers(self, names: list[str]) -> None:
+        """SIGTERM every named worker at once, then wait for each (a warm shutdown takes
+        seconds: one after another, a session's teardown took minutes)."""
+        running = [h for h in (self.hosts[n] for n in names) if h.proc is not None]
+        for h in running:
+            assert h.proc is not None
+            if h.proc.poll() is None:
+                os.killpg(h.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        for h in running:
+            assert h.proc is not None
             try:
-                h.proc.wait(timeout=60)
+                h.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(h.proc.pid, signal.SIGKILL)
                 h.proc.wait()
-        h.proc = None
+            h.proc = None
 
     # ------------------------------------------------------------ domains
 
@@ -368,9 +389,26 @@ class Cluster:
 
             QemuDriver(h.state_dir, SubprocessRunner()).define(load_domain_config(str(cfg)))
         dom = Domain(host=h, name=name, uuid=dom_uuid, disks=paths)
+        self.domains.append(dom)
         if guest and start:
             wait_for_tick(dom.console, 2, timeout=180)
         return dom
+
+    def retire(self, dom: Domain) -> None:
+        """Shut a test's domain off once the test is done with it (the suite's conftest
+        does it for the domains each test created). Idle domains are not free: every
+        one is a QEMU process, and the xl stand-in's ``xl list`` (each xl host's
+        heartbeat, every second) asks each of them for its state; left running until
+        the session's end, some 80 of them took a core of this 2-core host."""
+        try:
+            if dom.host.driver == "xl":
+                dom.host.xl("destroy", dom.name, check=False)
+            else:
+                pid = dom.pid()
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+        except (OSError, subprocess.SubprocessError, AssertionError):
+            pass  # gone already, or its host with it: the session's teardown kills the rest
 
     def wait_inventory(self, dom: Domain, timeout: float = 30) -> None:
         client = self.client()

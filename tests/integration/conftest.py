@@ -19,19 +19,64 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         yield c
     finally:
-        for name in list(c.hosts):
-            c.stop_worker(name)
+        c.stop_workers(list(c.hosts))
         c.destroy_all()
         c.cleanup_redis()
 
 
+# What a test (or a module) started is ended when it is done: left running to the
+# session's end, idle workers (each with a heartbeat every second; on an xl host that
+# is an `xl list` asking every domain's QEMU) and some 80 idle QEMUs kept a 2-core host
+# at load 20, and everything ran slower. Fixtures of a wider scope are set up before
+# those of a narrower one, so a module's or the session's hosts and domains are not
+# counted as a test's; the session's hosts are in ``cluster.keep``.
+
+
+def _retire_since(cluster: Cluster, mark: int) -> None:
+    for dom in cluster.domains[mark:]:
+        cluster.retire(dom)
+    del cluster.domains[mark:]
+
+
+def _stop_started_since(cluster: Cluster, mark: int) -> None:
+    names = [n for n in cluster.first_started[mark:] if n not in cluster.keep]
+    cluster.stop_workers(names)
+    del cluster.first_started[mark:]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_ends_its_workers(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    cluster: Cluster = request.getfixturevalue("cluster")
+    domains, hosts = len(cluster.domains), len(cluster.first_started)
+    yield
+    _retire_since(cluster, domains)
+    _stop_started_since(cluster, hosts)
+
+
+@pytest.fixture(autouse=True)
+def _test_ends_what_it_started(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    cluster: Cluster = request.getfixturevalue("cluster")
+    domains, hosts = len(cluster.domains), len(cluster.first_started)
+    yield
+    _retire_since(cluster, domains)
+    _stop_started_since(cluster, hosts)
+
+
 @pytest.fixture(scope="session")
 def h1(cluster: Cluster) -> str:
+    cluster.keep.add(f"h1-{cluster.suffix}")
     return cluster.start_worker(f"h1-{cluster.suffix}").name
 
 
 @pytest.fixture(scope="session")
 def h2(cluster: Cluster) -> str:
+    cluster.keep.add(f"h2-{cluster.suffix}")
     return cluster.start_worker(f"h2-{cluster.suffix}").name
 
 
@@ -46,4 +91,5 @@ def hv_host(cluster: Cluster, request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def x1(cluster: Cluster) -> str:
     """A dom0 host: the xl driver against the stand-in xl over real QEMU."""
+    cluster.keep.add(f"x1-{cluster.suffix}")
     return cluster.start_worker(f"x1-{cluster.suffix}", driver="xl").name

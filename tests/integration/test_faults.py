@@ -364,8 +364,7 @@ def test_guard_carries_a_revert_forward_when_the_worker_died_restoring(
     """(1) For a revert, resuming means a defined state: the worker died with QEMU
     restoring; the guard ends the half-loaded QEMU and carries the revert forward,
     so the domain runs from the snapshot, never paused in inmigrate."""
-    h = cluster.hosts[f"fg-{cluster.suffix}"] if f"fg-{cluster.suffix}" in cluster.hosts \
-        else cluster.start_worker(f"fg-{cluster.suffix}")
+    h = cluster.start_worker(f"fg-{cluster.suffix}")
     dom = _domain(cluster, h, "grv")
     client = cluster.client()
     ok(client, client.create(dom.name, name="m1"))

@@ -131,10 +131,14 @@ class WindowMarks:
         except FileNotFoundError:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
-            return None  # its window is open: its worker lives
+            if not blocking:
+                os.close(fd)
+                return None  # its window is open: its worker lives
+            log.info("window %s is held (the guard is restoring its domain): waiting",
+                     path.name)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.fstat(fd).st_nlink == 0:  # dropped while this process waited
                 os.close(fd)

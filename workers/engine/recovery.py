@@ -175,10 +175,12 @@ def recover(host: Host) -> None:
         body = entry.get("request") if isinstance(entry, dict) else None
         job_id = str(body.get("job_id", "?")) if isinstance(body, dict) else "?"
         try:
+            t0 = time.monotonic()
             with job_lock(host, job_id):  # the guard may be at the same job
                 fresh = host.files.read_journal(job_id)
                 if fresh is not None:
                     recover_entry(host, fresh)
+            log.info("job %s: start-up recovery took %.1f s", job_id, time.monotonic() - t0)
         except Exception as exc:  # noqa: BLE001 - must never block the worker's start
             log.error("could not recover job %s: %s: %s", job_id, type(exc).__name__, exc)
             give_up(host, entry, job_id, exc)
