@@ -364,7 +364,8 @@ def test_guard_carries_a_revert_forward_when_the_worker_died_restoring(
     """(1) For a revert, resuming means a defined state: the worker died with QEMU
     restoring; the guard ends the half-loaded QEMU and carries the revert forward,
     so the domain runs from the snapshot, never paused in inmigrate."""
-    h = cluster.start_worker(f"fg-{cluster.suffix}")
+    h = cluster.host(f"fg-{cluster.suffix}")
+    restart(cluster, h)  # a clean worker (the test before left the host armed)
     dom = _domain(cluster, h, "grv")
     client = cluster.client()
     ok(client, client.create(dom.name, name="m1"))
