@@ -32,40 +32,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 # counted as a test's; the session's hosts are in ``cluster.keep``.
 
 
-def _retire_since(cluster: Cluster, mark: int) -> None:
-    for dom in cluster.domains[mark:]:
-        cluster.retire(dom)
-    del cluster.domains[mark:]
-
-
-def _stop_started_since(cluster: Cluster, mark: int) -> None:
-    names = [n for n in cluster.first_started[mark:] if n not in cluster.keep]
-    cluster.stop_workers(names)
-    del cluster.first_started[mark:]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _module_ends_its_workers(request: pytest.FixtureRequest) -> Iterator[None]:
+def _ends_what_it_started(request: pytest.FixtureRequest) -> Iterator[None]:
     if "cluster" not in request.fixturenames:
         yield
         return
     cluster: Cluster = request.getfixturevalue("cluster")
     domains, hosts = len(cluster.domains), len(cluster.first_started)
     yield
-    _retire_since(cluster, domains)
-    _stop_started_since(cluster, hosts)
+    for dom in cluster.domains[domains:]:
+        cluster.retire(dom)
+    del cluster.domains[domains:]
+    cluster.stop_workers([n for n in cluster.first_started[hosts:] if n not in cluster.keep])
+    del cluster.first_started[hosts:]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_ends_what_it_started(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield from _ends_what_it_started(request)
 
 
 @pytest.fixture(autouse=True)
 def _test_ends_what_it_started(request: pytest.FixtureRequest) -> Iterator[None]:
-    if "cluster" not in request.fixturenames:
-        yield
-        return
-    cluster: Cluster = request.getfixturevalue("cluster")
-    domains, hosts = len(cluster.domains), len(cluster.first_started)
-    yield
-    _retire_since(cluster, domains)
-    _stop_started_since(cluster, hosts)
+    yield from _ends_what_it_started(request)
 
 
 @pytest.fixture(scope="session")
