@@ -90,6 +90,7 @@ class FaultSteps:
         return [
             ("fault-worker-killed-mid-live-create", self.killed_mid_live),
             ("fault-xl-save-killed", self.xl_save_killed),
+            ("fault-worker-killed-in-xl-save", self.worker_killed_in_xl_save),
             ("fault-after", self.after),
         ]
 
@@ -237,6 +238,48 @@ class FaultSteps:
         state, secs, msg = self._came_back(job_id, "f-save", data, restart=False)
         return (f"xl save {pids} killed mid-write; domain {state} again {secs:.1f}s later; "
                 f"job failed ({msg})", data)
+
+    def worker_killed_in_xl_save(self) -> tuple[str, dict[str, Any]]:
+        """The worker's process group SIGKILLed while ``xl save -p`` writes (issue 9:
+        on the landed driver the save died with it, SIGPIPE, and the guest stayed
+        ``---ss-``). The save runs in a session of its own, its output in files: it
+        finishes; the new worker's start-up recovery rolls the create back and the
+        guest runs on."""
+        self._stop_worker()
+        self._start_worker(DOMSNAP_XL_MEMORY_STRATEGY="save")
+        job_id = self.sm.client.create(smoke.DOMAIN, name="f-wsave", type="internal")
+        self._wait_event(job_id, "memory")
+        deadline = time.monotonic() + 120
+        pids: list[int] = []
+        while not pids:
+            pids = _xl_save_pids()
+            if time.monotonic() > deadline:
+                raise StepFailed("no xl save process found")
+            time.sleep(0.05)
+        time.sleep(0.5)  # mid-write
+        data = self._kill_worker()
+        data["xl_save"] = pids
+        data["xl_list_after_kill"] = smoke.xl("list", smoke.DOMAIN).stdout
+        lived = [p for p in pids if not _gone(p, 0.5)]
+        if not lived:
+            raise StepFailed("xl save died with the worker", data)
+        t0 = time.monotonic()
+        if not all(_gone(p, 600) for p in lived):
+            raise StepFailed("xl save did not end within 600 s of the kill", data)
+        data["xl_save_ended_s"] = round(time.monotonic() - t0, 1)
+        data["xl_list_after_save"] = listed = smoke.xl("list", smoke.DOMAIN).stdout
+        rows = listed.splitlines()
+        state = rows[-1].split()[4] if len(rows) > 1 and len(rows[-1].split()) > 4 else "?"
+        if state != "--p---":  # `xl save -p` done: paused; died mid-write: ---ss-
+            raise StepFailed(f"after the save the domain is {state}, not paused: the save "
+                             "did not complete", data)
+        self._start_worker()
+        data.update(self._rolled_back(job_id, "f-wsave"))
+        msg = (data.get("error") or {}).get("message", "")
+        return (f"worker killed during xl save {pids}: the save outlived it and completed "
+                f"{data['xl_save_ended_s']} s later (domain --p---); the new worker's "
+                f"recovery: job failed "
+                f"({msg}); domain {data['state_after']}", data)
 
     def after(self) -> tuple[str, dict[str, Any]]:
         self._stop_worker()
