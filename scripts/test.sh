@@ -69,7 +69,7 @@ run_suite unit .venv/bin/pytest -q -p no:cacheprovider tests/unit
 # dom0 against the real xl: the smoke cycle (memory snapshots live), the faults (worker
 # killed mid live create, xl save killed mid-write) and the LVM suite.
 # Alone, before the lanes: nested TCG needs both cores (libxl's compiled-in device-
-# model and hotplug timeouts trip on a loaded host). About 7 min cold, 5 warm, here.
+# model and hotplug timeouts trip on a loaded host). About 8-14 min cold, 6-8 warm, here.
 run_suite xen-lab env LAB_SUITE=smoke,faults,lvm LAB_TIMEOUT=1500 \
     timeout --kill-after=30 1800 bash lab/xen/run.sh
 # issue 7's reliability suites (model-based test, faults, bad input through the queue,
