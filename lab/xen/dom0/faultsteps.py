@@ -218,19 +218,25 @@ class FaultSteps:
         return (f"worker killed in the live copy; domain {state} again {secs:.1f}s later "
                 f"without a worker; the new worker's recovery: job failed ({msg})", data)
 
-    def xl_save_killed(self) -> tuple[str, dict[str, Any]]:
+    def _saving(self, name: str) -> tuple[str, list[int]]:
+        """A worker on the save strategy, a memory create ``name`` submitted, and its
+        ``xl save`` half a second into the write: (job id, the save's pids)."""
         self._stop_worker()
         self._start_worker(DOMSNAP_XL_MEMORY_STRATEGY="save")
-        job_id = self.sm.client.create(smoke.DOMAIN, name="f-save", type="internal")
+        job_id = self.sm.client.create(smoke.DOMAIN, name=name, type="internal")
         self._wait_event(job_id, "memory")
         deadline = time.monotonic() + 120
         pids: list[int] = []
         while not pids:
             pids = _xl_save_pids()
             if time.monotonic() > deadline:
-                raise StepFailed("no xl save process to kill")
+                raise StepFailed("no xl save process found")
             time.sleep(0.05)
         time.sleep(0.5)  # mid-write (a 128 MiB save took ~3-5 s here)
+        return job_id, pids
+
+    def xl_save_killed(self) -> tuple[str, dict[str, Any]]:
+        job_id, pids = self._saving("f-save")
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         data: dict[str, Any] = {"killed_xl_save": pids,
@@ -245,18 +251,7 @@ class FaultSteps:
         ``---ss-``). The save runs in a session of its own, its output in files: it
         finishes; the new worker's start-up recovery rolls the create back and the
         guest runs on."""
-        self._stop_worker()
-        self._start_worker(DOMSNAP_XL_MEMORY_STRATEGY="save")
-        job_id = self.sm.client.create(smoke.DOMAIN, name="f-wsave", type="internal")
-        self._wait_event(job_id, "memory")
-        deadline = time.monotonic() + 120
-        pids: list[int] = []
-        while not pids:
-            pids = _xl_save_pids()
-            if time.monotonic() > deadline:
-                raise StepFailed("no xl save process found")
-            time.sleep(0.05)
-        time.sleep(0.5)  # mid-write
+        job_id, pids = self._saving("f-wsave")
         data = self._kill_worker()
         data["xl_save"] = pids
         data["xl_list_after_kill"] = smoke.xl("list", smoke.DOMAIN).stdout
