@@ -322,19 +322,17 @@ class Cluster:
     def stop_workers(self, names: list[str]) -> None:
         """SIGTERM every named worker at once, then wait for each (a warm shutdown takes
         seconds: one after another, a session's teardown took minutes)."""
-        running = [h for h in (self.hosts[n] for n in names) if h.proc is not None]
-        for h in running:
-            assert h.proc is not None
-            if h.proc.poll() is None:
-                os.killpg(h.proc.pid, signal.SIGTERM)
+        running = [(h, h.proc) for h in (self.hosts[n] for n in names) if h.proc is not None]
+        for _, proc in running:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
-        for h in running:
-            assert h.proc is not None
+        for h, proc in running:
             try:
-                h.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(h.proc.pid, signal.SIGKILL)
-                h.proc.wait()
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             h.proc = None
 
     # ------------------------------------------------------------ domains
@@ -407,7 +405,7 @@ class Cluster:
                 pid = dom.pid()
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
-        except (OSError, subprocess.SubprocessError, AssertionError):
+        except (OSError, subprocess.SubprocessError):
             pass  # gone already, or its host with it: the session's teardown kills the rest
 
     def wait_inventory(self, dom: Domain, timeout: float = 30) -> None:

@@ -253,28 +253,25 @@ class FaultSteps:
         guest runs on."""
         job_id, pids = self._saving("f-wsave")
         data = self._kill_worker()
+        killed = time.monotonic()
         data["xl_save"] = pids
-        data["xl_list_after_kill"] = smoke.xl("list", smoke.DOMAIN).stdout
+        data["xl_flags_after_kill"] = smoke.domain_flags()
         lived = [p for p in pids if not _gone(p, 0.5)]
         if not lived:
             raise StepFailed("xl save died with the worker", data)
-        t0 = time.monotonic()
         if not all(_gone(p, 600) for p in lived):
             raise StepFailed("xl save did not end within 600 s of the kill", data)
-        data["xl_save_ended_s"] = round(time.monotonic() - t0, 1)
-        data["xl_list_after_save"] = listed = smoke.xl("list", smoke.DOMAIN).stdout
-        rows = listed.splitlines()
-        state = rows[-1].split()[4] if len(rows) > 1 and len(rows[-1].split()) > 4 else "?"
-        if state != "--p---":  # `xl save -p` done: paused; died mid-write: ---ss-
-            raise StepFailed(f"after the save the domain is {state}, not paused: the save "
+        data["xl_save_ended_s"] = round(time.monotonic() - killed, 1)
+        data["xl_flags_after_save"] = flags = smoke.domain_flags()
+        if flags != "--p---":  # `xl save -p` done: paused; died mid-write: ---ss-
+            raise StepFailed(f"after the save the domain is {flags}, not paused: the save "
                              "did not complete", data)
         self._start_worker()
         data.update(self._rolled_back(job_id, "f-wsave"))
         msg = (data.get("error") or {}).get("message", "")
         return (f"worker killed during xl save {pids}: the save outlived it and completed "
-                f"{data['xl_save_ended_s']} s later (domain --p---); the new worker's "
-                f"recovery: job failed "
-                f"({msg}); domain {data['state_after']}", data)
+                f"{data['xl_save_ended_s']} s after the kill (domain --p---); the new "
+                f"worker's recovery: job failed ({msg}); domain {data['state_after']}", data)
 
     def after(self) -> tuple[str, dict[str, Any]]:
         self._stop_worker()

@@ -407,11 +407,18 @@ def use_domain(name: str) -> None:
     CONSOLE = Path(f"/var/log/xen/console/guest-{name}.log")
 
 
-def domain_state() -> str:
+def domain_flags() -> str | None:
+    """The state column of ``xl list DOMAIN`` (e.g. ``-b----``); None if not listed."""
     proc = xl("list", DOMAIN)
     if proc.returncode != 0:
+        return None
+    return str(proc.stdout.splitlines()[-1].split()[4])
+
+
+def domain_state() -> str:
+    flags = domain_flags()
+    if flags is None:
         return "shutoff"
-    flags = proc.stdout.splitlines()[-1].split()[4]
     for flag, state in (("p", "paused"), ("s", "shutdown"), ("c", "crashed"),
                         ("d", "dying"), ("r", "running"), ("b", "blocked")):
         if flag in flags:
